@@ -1,0 +1,39 @@
+"""Shared fixtures: small screens and a scheduler that fails if anything computes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dask
+import pytest
+
+NUCLEI_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei"
+
+
+class ComputeForbidden(AssertionError):
+    """Raised when a graph that must stay lazy is computed."""
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise ComputeForbidden("a dask graph was computed while it should only have been built")
+
+
+@contextmanager
+def forbid_compute() -> Iterator[None]:
+    """Inside this block any dask compute raises :class:`ComputeForbidden`."""
+    with dask.config.set(scheduler=_refuse):
+        yield
+
+
+@pytest.fixture
+def no_compute():
+    return forbid_compute
+
+
+@pytest.fixture
+def nuclei_data() -> Path:
+    if not (NUCLEI_DATA / "index.csv").is_file():
+        pytest.skip(f"real nuclei data not found at {NUCLEI_DATA}")
+    return NUCLEI_DATA
