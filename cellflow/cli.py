@@ -1,0 +1,207 @@
+"""The ``cellflow`` command line: thin wrappers over the Python API.
+
+Every command validates its arguments at the edge, runs one library call, and
+prints a short rich summary. A cellflow error (bad input, a refused overwrite)
+prints one clear line and exits with status 2; nothing prints a traceback at a
+user for a mistake in their input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cellflow.errors import CellflowError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="cellflow",
+    help="Deep-learning cell segmentation of microscopy screens.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+Scheduler = Annotated[
+    str | None,
+    typer.Option(help="'threads' (default), 'processes', 'synchronous', or a scheduler address tcp://HOST:PORT"),
+]
+
+
+def _split(values: str | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(v.strip() for v in values.split(",") if v.strip())
+
+
+def _table(frame, title: str) -> Table:  # type: ignore[no-untyped-def]
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), justify="right" if frame[column].dtype.kind in "iuf" else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row))
+    return table
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder")] = Path("cellflow-demo"),
+    scheduler: Scheduler = None,
+) -> None:
+    """Run the main job on an embedded default: a synthetic 4-well plate, end to end."""
+    from cellflow.cluster import scheduler_context
+    from cellflow.demo import run_demo
+
+    console.print(f"[bold]cellflow demo[/bold] -> {out}")
+    with scheduler_context(scheduler) as sched:
+        result = run_demo(out, scheduler=sched)
+    console.print(_table(result.summary, "Synthetic plate, per well"))
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    console.print(f"store: {result.store}\nOME-Zarr: {', '.join(map(str, result.ome_zarr))}\ntimings: {timings}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="New screen store (folder ending in .zarr)")],
+    plates: Annotated[str, typer.Option(help="Comma-separated plate names")] = "P1",
+    wells: Annotated[str, typer.Option(help="Comma-separated well names")] = "A01,A02",
+    sites: Annotated[int, typer.Option(help="Sites per well")] = 4,
+    size: Annotated[int, typer.Option(help="Field edge in pixels")] = 1024,
+    channels: Annotated[str, typer.Option(help="Any of DNA,Cyto,BF")] = "DNA,Cyto,BF",
+    z: Annotated[int, typer.Option(help="Focal planes")] = 3,
+    t: Annotated[int, typer.Option(help="Time points")] = 1,
+    interval_min: Annotated[float, typer.Option(help="Minutes between time points")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same pixels")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cellflow store")] = False,
+    scheduler: Scheduler = None,
+) -> None:
+    """Synthesize a plate with ground truth (truth_nuclei, truth_cells)."""
+    from cellflow.cluster import scheduler_context
+    from cellflow.screen.synthetic import SyntheticSpec, write_synthetic_screen
+
+    spec = SyntheticSpec(
+        plates=_split(plates) or (), wells=_split(wells) or (), sites=sites, shape_yx=(size, size),
+        channels=_split(channels) or (), n_z=z, n_t=t, interval_min=interval_min, seed=seed,
+    )
+    with scheduler_context(scheduler) as sched:
+        screen = write_synthetic_screen(out, spec, overwrite=overwrite, scheduler=sched)
+    console.print(f"wrote {len(screen.fields())} fields to {screen.path}")
+
+
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG files (or an OME-Zarr plate with --ome-zarr)")],
+    out: Annotated[Path, typer.Argument(help="New screen store")],
+    pattern: Annotated[
+        str | None, typer.Option(help="Filename template, e.g. '{well}_s{site}_w{channel}.tif'")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="Built-in pattern: 'bbbc' (ImageXpress) or 'cellflow'")] = None,
+    regex: Annotated[str | None, typer.Option(help="Regex with named groups instead of a template")] = None,
+    nuclei_pairs: Annotated[bool, typer.Option(help="SOURCE/images + SOURCE/masks layout (masks -> truth)")] = False,
+    ome_zarr: Annotated[bool, typer.Option(help="SOURCE is an OME-Zarr HCS plate")] = False,
+    channel_names: Annotated[str | None, typer.Option(help="Map channel values, e.g. '1=DNA,2=Cyto'")] = None,
+    rgb: Annotated[str | None, typer.Option(help="Reduce RGB files: mean, luminance, max, red, green, blue")] = None,
+    pixel_size_um: Annotated[float, typer.Option(help="Pixel edge in micrometres")] = 1.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cellflow store")] = False,
+    scheduler: Scheduler = None,
+) -> None:
+    """Import images into a screen store; bad files are reported, the rest ingest."""
+    from cellflow.cluster import scheduler_context
+
+    chosen = [o for o in (pattern, preset, regex) if o] + (["nuclei-pairs"] if nuclei_pairs else [])
+    chosen += ["ome-zarr"] if ome_zarr else []
+    if len(chosen) != 1:
+        raise typer.BadParameter("give exactly one of --pattern, --preset, --regex, --nuclei-pairs, --ome-zarr")
+    if ome_zarr:
+        from cellflow.screen.ome import import_ome_zarr
+
+        screen = import_ome_zarr(source, out, overwrite=overwrite)
+        console.print(f"imported {len(screen.fields())} fields into {screen.path}")
+        return
+    from cellflow.screen.ingest import FilenamePattern, ingest_nuclei_pairs
+    from cellflow.screen.ingest import ingest as ingest_folder
+
+    with scheduler_context(scheduler) as sched:
+        if nuclei_pairs:
+            report = ingest_nuclei_pairs(source, out, overwrite=overwrite, scheduler=sched)
+        else:
+            names = dict(kv.split("=", 1) for kv in _split(channel_names) or ())
+            options = {"channel_names": names, "rgb": rgb}
+            if preset:
+                fp = FilenamePattern.named(preset, **options)
+            elif regex:
+                fp = FilenamePattern.from_regex(regex, **options)
+            else:
+                fp = FilenamePattern(str(pattern), **options)
+            report = ingest_folder(
+                source, out, pattern=fp, overwrite=overwrite, scheduler=sched, pixel_size_um=pixel_size_um
+            )
+    console.print(report.summary())
+    if report.failed:
+        raise typer.Exit(code=3)
+
+
+@app.command()
+def export(
+    store: Annotated[Path, typer.Argument(help="Screen store")],
+    out: Annotated[Path, typer.Argument(help="Output OME-Zarr (HCS plate per screen plate)")],
+    labels: Annotated[str | None, typer.Option(help="Comma-separated label variables (default: all)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export")] = False,
+    scheduler: Scheduler = None,
+) -> None:
+    """Export a screen as OME-Zarr HCS (plate/row/column/field, with labels) for napari."""
+    from cellflow.cluster import scheduler_context
+    from cellflow.screen.ome import export_ome_zarr
+    from cellflow.screen.store import Screen
+
+    with scheduler_context(scheduler) as sched:
+        paths = export_ome_zarr(Screen.open(store), out, labels=_split(labels), overwrite=overwrite, scheduler=sched)
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def info(store: Annotated[Path, typer.Argument(help="Screen store")]) -> None:
+    """Validate a store and describe it: coordinates, variables, completeness."""
+    from cellflow.screen.store import Screen
+
+    screen = Screen.open(store)
+    layout = screen.layout
+    console.print(f"[bold]{screen.path}[/bold]  (screen_id {screen.screen_id}) is a valid cellflow screen")
+    console.print(
+        f"plates {list(layout.plates)}; {len(layout.wells)} wells; sites {list(layout.sites)}; "
+        f"t (min) {list(layout.t_min)}; channels {list(layout.channels)}; z (um) {list(layout.z_um)}; "
+        f"field {layout.shape_yx[0]}x{layout.shape_yx[1]} {layout.dtype} @ {layout.pixel_size_um} um/px"
+    )
+    fields = screen.fields()
+    total = len(screen.fields(acquired_only=False))
+    console.print(f"acquired fields: {len(fields)} of {total}")
+    table = Table(title="variables")
+    for column in ("variable", "dims", "dtype", "chunks complete"):
+        table.add_column(column)
+    ds = screen.dataset()
+    for name in screen.variables:
+        done = screen.ledger(name).completed() if name != "acquired" else None
+        complete = "-" if done is None else f"{int(done.sum())}/{done.size}"
+        table.add_row(name, ",".join(map(str, ds[name].dims)), str(ds[name].dtype), complete)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point. Usage errors exit through click as usual (status 2);
+    a cellflow error prints one clear line and returns 2."""
+    try:
+        app(args=argv)
+    except (CellflowError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
