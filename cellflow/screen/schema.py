@@ -19,6 +19,7 @@ from cellflow.screen.layout import DIMS_FIELD, DIMS_IMAGES, DIMS_LABELS, MAX_TIL
 
 __all__ = [
     "KNOWN_DIMS",
+    "LABEL_PREFIXES",
     "SCHEMA_VERSION",
     "VARIABLE_NAME",
     "schema_problems",
@@ -40,7 +41,8 @@ _FIXED_DIMS: dict[str, tuple[str, ...]] = {
     "illumination": ("plate", "c", "z", "y", "x"),
     "probabilities": ("plate", "well", "site", "t", "class", "y", "x"),
 }
-_LABEL_PREFIXES = ("labels_", "truth_")
+#: Prefixes of instance-label variables (uint, dims DIMS_LABELS).
+LABEL_PREFIXES: tuple[str, ...] = ("labels_", "truth_")
 
 
 def variable_problems(name: str, dims: tuple[Hashable, ...], dtype: np.dtype[Any]) -> list[str]:
@@ -67,7 +69,7 @@ def variable_problems(name: str, dims: tuple[Hashable, ...], dtype: np.dtype[Any
         )
     dtype = np.dtype(dtype)
     expected = _FIXED_DIMS.get(name)
-    if name.startswith(_LABEL_PREFIXES):
+    if name.startswith(LABEL_PREFIXES):
         expected = DIMS_LABELS
         if dtype.kind != "u":
             problems.append(f"variable {name!r}: labels must be unsigned integers, got dtype {dtype}")

@@ -76,7 +76,7 @@ def chunk_digest(block: np.ndarray) -> int:
     block = np.ascontiguousarray(block)
     h = hashlib.blake2b(digest_size=8)
     h.update(f"{block.dtype.str}{block.shape}".encode())
-    h.update(memoryview(block).cast("B"))
+    h.update(block.data.cast("B"))
     return int.from_bytes(h.digest(), "little") or 1
 
 
@@ -212,7 +212,7 @@ class Screen:
 
     @staticmethod
     def _extra_coord_names(group: zarr.Group) -> set[str]:
-        return {n for n, a in group.arrays() if tuple(a.metadata.dimension_names or ()) == (n,)}
+        return {n for n, a in group.arrays() if _dims(a) == (n,)}
 
     def coords(self) -> dict[str, np.ndarray]:
         """Coordinate values by dimension (read once per handle)."""
@@ -296,11 +296,11 @@ class Screen:
         group = zarr.open_group(self.path, mode="r+")
         if name in group:
             existing = group[name]
-            same = isinstance(existing, zarr.Array) and tuple(existing.metadata.dimension_names or ()) == dims
-            if exist_ok and same and existing.dtype == dtype:
+            same = isinstance(existing, zarr.Array) and _dims(existing) == dims and existing.dtype == dtype
+            if exist_ok and same:
                 return
             raise SchemaError(f"variable {name!r} already exists in {self.path}")
-        images = group["images"]
+        images = self._array("images")
         size = dict(zip(DIMS_IMAGES, images.shape))
         tile = dict(zip(DIMS_IMAGES, images.chunks))
         shape, chunk_shape = [], []
@@ -343,7 +343,7 @@ class Screen:
     def _selection(
         self, name: str, array: zarr.Array, where: Mapping[str, Any]
     ) -> tuple[tuple[int | slice, ...], tuple[str, ...]]:
-        dims = tuple(array.metadata.dimension_names or ())
+        dims = _dims(array)
         unknown = sorted(set(where) - set(dims))
         if unknown:
             raise RegionError(f"variable {name!r} has dims {dims}; cannot select on {unknown!r}")
@@ -451,6 +451,11 @@ class Screen:
     def ledger(self, name: str) -> ChunkLedger:
         """The completion ledger of variable ``name``."""
         return ChunkLedger(self, name)
+
+
+def _dims(array: zarr.Array) -> tuple[str, ...]:
+    """Dimension names of a zarr v3 array (empty for arrays without them)."""
+    return tuple(getattr(array.metadata, "dimension_names", None) or ())
 
 
 def _plain(values: np.ndarray) -> np.ndarray:
