@@ -24,7 +24,7 @@ def test_rejects_unknown_scheduler():
 def test_address_connects_a_client_for_the_block():
     import os
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
         with scheduler_context(cluster.scheduler_address) as sched:
             assert sched is None  # the open client is dask's default scheduler
             # the task runs in the worker of this in-process cluster, not a fresh thread pool
