@@ -1,0 +1,174 @@
+"""Writing scanned files into a new store: one dask task per field, bookkeeping on the client.
+
+Each task reads every file of its field, and only when all of them are good writes
+the field with :meth:`Screen.write` and returns the chunk records. A field with a bad
+file writes nothing and returns the files and reasons. The client then marks the good
+fields acquired and records their chunks in the ledger (the store's concurrency
+contract: bookkeeping has one writer, after the data writes returned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import dask
+import numpy as np
+
+from cellflow.screen._ingest_pattern import FilenamePattern
+from cellflow.screen._ingest_read import BadFile, PlaneSpec, read_checked
+from cellflow.screen._ingest_report import IngestReport
+from cellflow.screen._ingest_table import FileTable, first_header, scan
+from cellflow.screen.layout import MAX_TILE, ScreenLayout
+from cellflow.screen.store import ChunkRecord, FieldKey, Screen
+
+__all__ = ["FieldResult", "finish", "ingest", "run_fields"]
+
+
+class FieldResult(NamedTuple):
+    """What one field task returns: its chunk records, or the bad files and reasons."""
+
+    field: FieldKey
+    records: tuple[ChunkRecord, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+class _Plane(NamedTuple):
+    path: str
+    c: int  # channel position
+    z: int  # first z position the file fills
+
+
+def _field_name(field: FieldKey) -> str:
+    return f"plate={field.plate} well={field.well} site={field.site} t={field.t:g}"
+
+
+def _ingest_field(
+    screen: Screen, field: FieldKey, planes: Sequence[_Plane], spec: PlaneSpec, shape_cz: tuple[int, int]
+) -> FieldResult:
+    """Read all files of one field, then write it; a bad file means nothing is written."""
+    data = np.zeros((*shape_cz, *spec.shape_yx), dtype=spec.dtype)
+    failed: list[tuple[str, str]] = []
+    for plane in planes:
+        try:
+            pixels = read_checked(plane.path, spec)
+        except BadFile as bad:
+            failed.append((bad.path, bad.reason))
+            continue
+        data[plane.c, plane.z : plane.z + len(pixels)] = pixels
+    if failed:
+        return FieldResult(field, failed=tuple(failed))
+    records = screen.write("images", data, plate=field.plate, well=field.well, site=field.site, t=field.t)
+    expected = shape_cz[0] * shape_cz[1] // spec.n_planes
+    notes: tuple[str, ...] = ()
+    if len(planes) < expected:
+        notes = (f"{_field_name(field)}: {expected - len(planes)} of {expected} files missing; planes left 0",)
+    return FieldResult(field, records=tuple(records), notes=notes)
+
+
+def run_fields(tasks: Sequence[Any], scheduler: Any) -> list[FieldResult]:
+    """Compute delayed field tasks with ``scheduler`` (None: dask's default or the active Client)."""
+    return list(dask.compute(*tasks, scheduler=scheduler)) if tasks else []
+
+
+def finish(
+    screen: Screen, results: Sequence[FieldResult], *, variables: Sequence[str], n_files: int,
+    skipped: Sequence[str] = (), notes: Sequence[str] = (),
+) -> IngestReport:
+    """Client side: mark good fields acquired, record their chunks, save and return the report."""
+    good = [r for r in results if not r.failed]
+    screen.set_acquired([r.field for r in good])
+    records = [rec for r in good for rec in r.records]
+    for name in variables:
+        screen.ledger(name).mark(records)
+    report = IngestReport(
+        store=str(screen.path), n_files=n_files, n_fields=len(results),
+        n_fields_ingested=len(good), failed=tuple(f for r in results for f in r.failed),
+        skipped=tuple(skipped), notes=(*notes, *(n for r in results for n in r.notes)),
+    )
+    report.save()
+    return report
+
+
+def ingest(
+    folder: str | Path,
+    store_path: str | Path,
+    *,
+    pattern: FilenamePattern | str,
+    overwrite: bool = False,
+    scheduler: Any = None,
+    pixel_size_um: float = 1.0,
+    tile_yx: tuple[int, int] = (MAX_TILE, MAX_TILE),
+) -> IngestReport:
+    """Ingest a folder of TIFF/PNG files into a new screen store, in parallel.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Folder of image files, searched recursively; hidden files are ignored.
+    store_path : str or Path
+        The new store.
+    pattern : FilenamePattern or str
+        How names map to coordinates: a pattern, a built-in name (``'bbbc'``,
+        ``'imagexpress'``, ``'cellflow'``) or a brace template.
+    overwrite : bool
+        Replace an existing cellflow store at ``store_path`` (never anything else).
+    scheduler : optional
+        Anything ``dask.compute`` accepts: None (dask's default, or the active
+        ``distributed.Client``), ``'threads'``, ``'sync'``, a ``Client``...
+    pixel_size_um : float
+        Pixel edge in micrometres.
+    tile_yx : (int, int)
+        Chunk size in y and x, at most 1024.
+
+    Returns
+    -------
+    report : IngestReport
+        Also saved in the store's root attributes under ``cellflow_ingest``.
+
+    Raises
+    ------
+    IngestError
+        No file matches, duplicate coordinates, or no file is readable. A bad file does
+        not raise: it is named in ``report.failed`` and its field is not acquired.
+    StoreExistsError
+        ``store_path`` exists and ``overwrite`` is false.
+
+    Notes
+    -----
+    The field size, planes per file and dtype come from the header of the first
+    readable file; the store dtype is uint8 for 8-bit files, uint16 for other integers
+    and float32 for floats. Without a z field a file's pages are its z planes.
+    """
+    table = scan(folder, pattern)
+    header = first_header(table)
+    spec = table.plane_spec(header)
+    layout = ScreenLayout(
+        **table.coordinates(header), shape_yx=header.shape_yx, dtype=str(spec.dtype),
+        pixel_size_um=pixel_size_um, tile_yx=tile_yx,
+        attrs={"ingest_folder": str(folder), "ingest_pattern": table.pattern.to_dict()},
+    )
+    screen = Screen.create(store_path, layout, overwrite=overwrite)
+    tasks = [
+        dask.delayed(_ingest_field, pure=True)(screen, field, planes, spec, shape_cz)
+        for field, planes, shape_cz in _field_plan(table, layout)
+    ]
+    return finish(screen, run_fields(tasks, scheduler), variables=["images"], n_files=len(table),
+                  skipped=table.skipped)
+
+
+def _field_plan(
+    table: FileTable, layout: ScreenLayout
+) -> list[tuple[FieldKey, tuple[_Plane, ...], tuple[int, int]]]:
+    """Per field: its key, its files with channel and z positions, and (channels, z planes)."""
+    c_at = {c: i for i, c in enumerate(layout.channels)}
+    z_at = {z: i for i, z in enumerate(layout.z_um)}
+    shape_cz = (len(layout.channels), len(layout.z_um))
+    plan = []
+    grouped = table.files.groupby(["plate", "well", "site", "t"], sort=False)
+    for (plate, well, site, t), rows in grouped:
+        planes = tuple(_Plane(p, c_at[c], z_at[z]) for p, c, z in zip(rows["path"], rows["channel"], rows["z"]))
+        plan.append((FieldKey(str(plate), str(well), int(site), float(t)), planes, shape_cz))
+    return plan
