@@ -131,13 +131,12 @@ def ingest(
             report = ingest_nuclei_pairs(source, out, overwrite=overwrite, scheduler=sched)
         else:
             names = dict(kv.split("=", 1) for kv in _split(channel_names) or ())
-            options = {"channel_names": names, "rgb": rgb}
             if preset:
-                fp = FilenamePattern.named(preset, **options)
+                fp = FilenamePattern.named(preset, channel_names=names, rgb=rgb)
             elif regex:
-                fp = FilenamePattern.from_regex(regex, **options)
+                fp = FilenamePattern.from_regex(regex, channel_names=names, rgb=rgb)
             else:
-                fp = FilenamePattern(str(pattern), **options)
+                fp = FilenamePattern(pattern, channel_names=names, rgb=rgb)
             report = ingest_folder(
                 source, out, pattern=fp, overwrite=overwrite, scheduler=sched, pixel_size_um=pixel_size_um
             )

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cellflow._config import check_keys
+
 __all__ = ["DEFAULT_AREA_BINS", "DEFAULT_THRESHOLDS", "ScoreOptions"]
 
 #: IoU thresholds of Caicedo et al. 2019: 0.50, 0.55, ..., 0.90. Written out rather than
@@ -126,10 +128,7 @@ class ScoreOptions:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScoreOptions:
         """Options from :meth:`to_dict` output, naming unknown keys."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"ScoreOptions got unknown keys {unknown!r}; expected some of {sorted(known)!r}")
+        check_keys(cls, data)
         return cls(**dict(data))
 
 

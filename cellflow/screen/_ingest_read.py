@@ -21,7 +21,7 @@ from PIL import Image
 
 from cellflow.errors import IngestError, RegionError
 from cellflow.screen._ingest_pattern import RGB_METHODS
-from cellflow.screen.store import _cast
+from cellflow.screen.store import cast_lossless
 
 __all__ = ["BadFile", "ImageHeader", "PlaneSpec", "read_checked", "read_header", "reduce_rgb", "store_dtype"]
 
@@ -250,6 +250,6 @@ def read_checked(path: str | Path, spec: PlaneSpec) -> np.ndarray:
     if data.dtype.kind == "f" and data.size and not np.isfinite(data).any():
         raise BadFile(path, "holds only NaN or infinite values")
     try:
-        return _cast(spec.variable, data, spec.dtype)
+        return cast_lossless(spec.variable, data, spec.dtype)
     except RegionError as exc:
         raise BadFile(path, f"{data.dtype} pixels do not fit the store: {exc}") from exc

@@ -9,6 +9,7 @@ from typing import Any
 
 import zarr
 
+from cellflow._config import check_keys
 from cellflow.errors import IngestError
 
 __all__ = ["REPORT_ATTR", "IngestReport"]
@@ -92,10 +93,7 @@ class IngestReport:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IngestReport:
         """Build a report from :meth:`to_dict` output."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise IngestError(f"IngestReport got unknown keys {unknown!r}; expected some of {sorted(known)!r}")
+        check_keys(cls, data, error=IngestError)
         return cls(**dict(data))
 
     def save(self) -> None:

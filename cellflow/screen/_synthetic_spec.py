@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cellflow._config import check_keys
 from cellflow.errors import SpecError
 from cellflow.screen.layout import WELL_PATTERN, ScreenLayout
 
@@ -274,8 +275,5 @@ class SyntheticSpec:
         """Build a spec from :meth:`to_dict` output; unknown keys raise :class:`SpecError`."""
         if not isinstance(data, Mapping):
             raise TypeError(f"SyntheticSpec.from_dict expects a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SpecError(f"SyntheticSpec got unknown keys {unknown!r}; expected some of {sorted(known)!r}")
+        check_keys(cls, data, error=SpecError)
         return cls(**dict(data))

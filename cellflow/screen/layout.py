@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from cellflow._config import check_keys
+
 __all__ = [
     "DIMS_FIELD",
     "DIMS_IMAGES",
@@ -178,8 +180,5 @@ class ScreenLayout:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScreenLayout:
         """Build a layout from :meth:`to_dict` output, naming unknown keys."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"ScreenLayout got unknown keys {unknown!r}; expected some of {sorted(known)!r}")
+        check_keys(cls, data)
         return cls(**dict(data))

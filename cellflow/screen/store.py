@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -101,6 +101,7 @@ class Screen:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._coords: dict[str, np.ndarray] | None = None
+        self._arrays: dict[tuple[str, str], zarr.Array] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -224,10 +225,17 @@ class Screen:
         return self._coords
 
     def _array(self, name: str, mode: str = "r") -> zarr.Array:
-        group = zarr.open_group(self.path, mode="r" if mode == "r" else "r+")
-        if name not in group or not isinstance(group[name], zarr.Array):
-            raise RegionError(f"{self.path} has no variable {name!r}; it has {list(self.variables)!r}")
-        return group[name]  # type: ignore[return-value]
+        # Opening a group re-reads its metadata (~5 ms); a handle keeps the arrays it
+        # opened. Array metadata never changes after creation, so the cache stays valid
+        # for the life of the store (Screen.create(overwrite=True) gives a new handle).
+        access: Literal["r", "r+"] = "r" if mode == "r" else "r+"
+        key = (name, access)
+        if key not in self._arrays:
+            group = zarr.open_group(self.path, mode=access)
+            if name not in group or not isinstance(group[name], zarr.Array):
+                raise RegionError(f"{self.path} has no variable {name!r}; it has {list(self.variables)!r}")
+            self._arrays[key] = group[name]  # type: ignore[assignment]
+        return self._arrays[key]
 
     def read(self, name: str, **where: Any) -> np.ndarray:
         """Read one region eagerly, selected as in :meth:`write`."""
@@ -413,7 +421,7 @@ class Screen:
             raise RegionError(
                 f"variable {name!r}: data for dims {kept} must have shape {expected}, got {data.shape}"
             )
-        data = _cast(name, data, array.dtype)
+        data = cast_lossless(name, data, array.dtype)
         array[selection] = data
         return self._records(name, array, selection, data)
 
@@ -465,7 +473,12 @@ def _plain(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _cast(name: str, data: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+def cast_lossless(name: str, data: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """``data`` as ``dtype`` when no value changes, else :class:`RegionError` naming ``name``.
+
+    Safe casts always pass; integer narrowing passes when every value fits;
+    float to float is allowed (the variable's precision is the contract).
+    """
     if data.dtype == dtype:
         return data
     if np.can_cast(data.dtype, dtype, "safe"):
