@@ -66,6 +66,32 @@ def demo(
 
 
 @app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="YAML pipeline spec (see specs/)")],
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a running scheduler (tcp://HOST:PORT); overrides the spec")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+) -> None:
+    """Run a pipeline spec on its cluster (a local 2-worker cluster by default)."""
+    from cellflow.pipeline import load_spec, run_spec
+
+    parsed = load_spec(spec)
+    console.print(f"[bold]cellflow run[/bold] {parsed.name} ({spec})")
+    result = run_spec(parsed, scheduler=scheduler, console=console, progress=progress)
+    if "wells" in result.tables:
+        console.print(_table(_score_view(result.tables["wells"]), "scores per well"))
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    console.print(f"store: {result.screen.path}; tables: {Path(parsed.output.tables)}; {timings}")
+
+
+def _score_view(frame):  # type: ignore[no-untyped-def]
+    """The columns a person reads first: average F1, F1@0.7, merges, splits."""
+    wanted = ["plate", "well", "n_fields", "f1_mean", "f1_0.70", "merges", "splits", "extra"]
+    return frame[[c for c in wanted if c in frame.columns]]
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="New screen store (folder ending in .zarr)")],
     plates: Annotated[str, typer.Option(help="Comma-separated plate names")] = "P1",
@@ -197,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv)
     except (CellflowError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return 2
     return 0
 

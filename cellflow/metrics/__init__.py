@@ -13,7 +13,15 @@ from __future__ import annotations
 from cellflow.metrics._matching import Overlaps, iou_matrix, overlaps
 from cellflow.metrics._options import DEFAULT_AREA_BINS, DEFAULT_THRESHOLDS, ScoreOptions
 from cellflow.metrics._scores import FieldScore, fscore_curve, score_field, score_overlaps
-from cellflow.metrics._screen import TABLE_NAMES, score_graph, score_screen, write_tables
+from cellflow.metrics._screen import (
+    TABLE_NAMES,
+    field_extents,
+    score_graph,
+    score_screen,
+    score_stored_field,
+    select_fields,
+    write_tables,
+)
 from cellflow.metrics._summary import summarise
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "FieldScore",
     "Overlaps",
     "ScoreOptions",
+    "field_extents",
     "fscore_curve",
     "iou_matrix",
     "overlaps",
@@ -30,6 +39,8 @@ __all__ = [
     "score_graph",
     "score_overlaps",
     "score_screen",
+    "score_stored_field",
+    "select_fields",
     "summarise",
     "write_tables",
 ]

@@ -31,24 +31,29 @@ from cellflow.metrics._summary import summarise
 from cellflow.screen.layout import DIMS_FIELD
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["TABLE_NAMES", "score_graph", "score_screen", "write_tables"]
+__all__ = [
+    "TABLE_NAMES", "field_extents", "score_graph", "score_screen", "score_stored_field", "select_fields", "write_tables",
+]
 
 #: File names written by :func:`write_tables`, by level.
 TABLE_NAMES = {"fields": "scores_fields.parquet", "wells": "scores_wells.parquet", "plates": "scores_plates.parquet"}
 _EXTENT = ("extent_y", "extent_x")
 
 
-def _score_one(
+def score_stored_field(
     screen: Screen, field: FieldKey, truth: str, pred: str, extent: tuple[int, int] | None, options: ScoreOptions
 ) -> dict[str, Any]:
-    """Task: read one field's two label images, crop them to the extent, score them."""
+    """Read one field's two label images from the store, crop them to ``extent``, score them.
+
+    Returns the field keys ``plate, well, site, t`` followed by ``options.columns``.
+    """
     where = field._asdict()
     crop = (slice(0, extent[0]), slice(0, extent[1])) if extent else (Ellipsis,)
     found = overlaps(screen.read(truth, **where)[crop], screen.read(pred, **where)[crop])
     return {**where, **score_overlaps(found, options).to_row()}
 
 
-def _extents(screen: Screen) -> dict[FieldKey, tuple[int, int]]:
+def field_extents(screen: Screen) -> dict[FieldKey, tuple[int, int]]:
     """Positive (extent_y, extent_x) per field, when the store records them."""
     if not all(name in screen.variables for name in _EXTENT):
         return {}
@@ -65,7 +70,8 @@ def _extents(screen: Screen) -> dict[FieldKey, tuple[int, int]]:
     }
 
 
-def _fields(screen: Screen, fields: Iterable[Sequence[Any]] | None) -> list[FieldKey]:
+def select_fields(screen: Screen, fields: Iterable[Sequence[Any]] | None) -> list[FieldKey]:
+    """``fields`` as checked FieldKeys (every acquired field when None)."""
     if fields is None:
         return screen.fields()
     known = set(screen.fields(acquired_only=False))
@@ -114,9 +120,9 @@ def score_graph(
     for name in (truth, pred):
         if name not in screen.variables:
             raise RegionError(f"{screen.path} has no variable {name!r}; it has {list(screen.variables)!r}")
-    extents = _extents(screen)
-    score = dask.delayed(_score_one, pure=True)
-    return [score(screen, key, truth, pred, extents.get(key), options) for key in _fields(screen, fields)]
+    extents = field_extents(screen)
+    score = dask.delayed(score_stored_field, pure=True)
+    return [score(screen, key, truth, pred, extents.get(key), options) for key in select_fields(screen, fields)]
 
 
 def score_screen(

@@ -67,12 +67,12 @@ def test_threaded_scores_equal_eager_scores(screen):
 def test_distributed_processes_give_the_identical_table(screen):
     threaded = score_screen(screen, scheduler="threads")
     # dashboard_address=None still binds the scheduler's HTTP server to :8787 and warns when that
-    # port is taken (another cluster on this machine); ':0' takes any free port.
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    # port is taken (another cluster on this machine); "127.0.0.1:0" takes any free loopback port.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster:
         with Client(cluster) as client:
             with get_task_stream(client) as stream:
                 distributed = score_screen(screen, scheduler=client)
-            workers = {t["worker"] for t in stream.data if "_score_one" in str(t["key"])}
+            workers = {t["worker"] for t in stream.data if "score_stored_field" in str(t["key"])}
             worker_pids = client.run(os.getpid)
     assert workers <= set(worker_pids) and len(workers) >= 1  # scored by worker processes,
     assert os.getpid() not in worker_pids.values()  # not by this one

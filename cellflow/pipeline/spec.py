@@ -1,0 +1,193 @@
+"""Pipeline specs: the YAML files users run, validated into typed objects once, at the edge.
+
+A spec names where the screen comes from (``input``), which stages run in which
+order with which parameters (``stages``), where tables go (``output``), and where
+the graph runs (``cluster``). Every problem is reported with the YAML path and
+line, e.g. ``specs/x.yaml:14: stages.autolabel.diameter_px: must be > 0``, all at
+once.
+
+Relative paths in a spec are resolved against the working directory the run is
+started from (like a shell command), not the spec file's folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cellflow.errors import SpecError
+from cellflow.pipeline.stages import STAGES, StageEntry
+
+__all__ = ["ClusterSpec", "InputSpec", "OutputSpec", "PipelineSpec", "load_spec", "parse_spec"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """Where the screen comes from. ``store`` is always where it lives."""
+
+    store: Path
+    synthetic: dict[str, Any] | None = Field(default=None, description="SyntheticSpec fields: create the store")
+    nuclei_pairs: Path | None = Field(default=None, description="images/ + masks/ folders to ingest")
+    sources: list[str] | None = None
+    modalities: list[str] | None = None
+    folder: Path | None = Field(default=None, description="a folder of TIFF/PNG to ingest")
+    pattern: str | None = Field(default=None, description="filename template or built-in name for `folder`")
+    reuse: bool = Field(default=True, description="use an existing store instead of re-creating it")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        given = [k for k in ("synthetic", "nuclei_pairs", "folder") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of synthetic, nuclei_pairs, folder; got {given}")
+        if self.folder is not None and not self.pattern:
+            raise ValueError("folder needs a pattern (a filename template or 'bbbc')")
+        if (self.sources or self.modalities) and self.nuclei_pairs is None:
+            raise ValueError("sources/modalities filter nuclei_pairs only")
+        return self
+
+
+class OutputSpec(_Strict):
+    """Where tables and the run summary are written."""
+
+    tables: Path = Path("cellflow-runs/tables")
+
+
+class ClusterSpec(_Strict):
+    """Where the graph runs. The graph is the same in every case."""
+
+    kind: Literal["threads", "local", "address"] = "local"
+    n_workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str = "auto"
+    address: str | None = None
+    dashboard_address: str = Field(
+        default="127.0.0.1:8787", description="bound to loopback unless you say otherwise"
+    )
+
+    @model_validator(mode="after")
+    def _address(self) -> ClusterSpec:
+        if (self.kind == "address") != (self.address is not None):
+            raise ValueError("kind 'address' needs address: tcp://HOST:PORT (and only it takes one)")
+        return self
+
+
+class PipelineSpec(_Strict):
+    """A whole pipeline run."""
+
+    name: str
+    input: InputSpec
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    def stage_entries(self) -> list[tuple[str, StageEntry, Any]]:
+        """(name, registry entry, parsed params) for each stage, in spec order."""
+        return [(name, STAGES[name], STAGES[name].params.from_dict(raw or {})) for name, raw in self.stages.items()]
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at path ``loc`` (the deepest one that exists)."""
+    line = None if node is None else node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if getattr(k, "value", None) == str(part)]
+            if not match:
+                break
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+    line = _line_of(root, loc)
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    return f"{source}:{line}: {path}" if line else f"{source}: {path}"
+
+
+def parse_spec(data: Mapping[str, Any], *, source: str = "spec", root: yaml.Node | None = None) -> PipelineSpec:
+    """Validate a spec mapping; every problem is listed in one :class:`SpecError`.
+
+    Parameters
+    ----------
+    data : mapping
+        The loaded YAML.
+    source : str
+        File name for messages.
+    root : yaml.Node, optional
+        The composed YAML tree, for line numbers.
+    """
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: a spec is a YAML mapping (name, input, stages, ...), got {type(data).__name__}")
+    problems: list[str] = []
+    spec = None
+    try:
+        spec = PipelineSpec.model_validate(dict(data))
+    except ValidationError as error:
+        for err in error.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            problems.append(f"{_where(source, root, loc)}: {err['msg']}")
+    stages = data.get("stages") or {}
+    if isinstance(stages, Mapping):
+        problems.extend(_stage_problems(stages, source, root))
+    if problems or spec is None:
+        raise SpecError("invalid spec:\n  " + "\n  ".join(problems))
+    return spec
+
+
+def _stage_problems(stages: Mapping[str, Any], source: str, root: yaml.Node | None) -> list[str]:
+    problems = []
+    for name, raw in stages.items():
+        if name not in STAGES:
+            problems.append(f"{_where(source, root, ('stages', name))}: unknown stage {name!r}; known: {sorted(STAGES)}")
+            continue
+        if raw is not None and not isinstance(raw, Mapping):
+            problems.append(f"{_where(source, root, ('stages', name))}: stage parameters must be a mapping")
+            continue
+        try:
+            STAGES[name].params.from_dict(raw or {})
+        except (TypeError, ValueError) as error:
+            key = _offending_key(str(error), raw or {})
+            loc = ("stages", name, key) if key else ("stages", name)
+            problems.append(f"{_where(source, root, loc)}: {error}")
+    return problems
+
+
+def _offending_key(message: str, raw: Mapping[str, Any]) -> str | None:
+    """The parameter a stage's error message names, to point at its line."""
+    for key in raw:
+        if f"'{key}'" in message or f".{key} " in message or message.startswith(f"{key} "):
+            return str(key)
+    return None
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate a YAML spec (``yaml.safe_load``; never executes tags).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    SpecError
+        Invalid YAML or an invalid spec; the message gives file, line and field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no spec file at {path}")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    return parse_spec(data if data is not None else {}, source=str(path), root=root)

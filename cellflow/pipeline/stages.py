@@ -1,0 +1,60 @@
+"""Registry of the stages a spec can name, in the order users usually list them.
+
+Each entry points at a params class (a frozen dataclass with ``from_dict``/``to_dict``)
+and a graph builder ``build(screen, params, *, after=None, fields=None) -> StageGraph``.
+They are imported on first use, so reading a spec does not import every stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["STAGES", "StageEntry"]
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    """Where a stage's params class and graph builder live."""
+
+    name: str
+    params_target: str
+    build_target: str
+    doc: str
+
+    @property
+    def params(self) -> Any:
+        """The params class."""
+        return _load(self.params_target)
+
+    @property
+    def build(self) -> Callable[..., Any]:
+        """The graph builder."""
+        return _load(self.build_target)  # type: ignore[no-any-return]
+
+
+STAGES: dict[str, StageEntry] = {
+    entry.name: entry
+    for entry in (
+        StageEntry(
+            "illumination", "cellflow.graph.illumination:IlluminationParams",
+            "cellflow.graph.illumination:build_illumination",
+            "illumination function per plate x channel x z -> `illumination`",
+        ),
+        StageEntry(
+            "autolabel", "cellflow.graph.autolabel:AutolabelParams", "cellflow.graph.autolabel:build_autolabel",
+            "classical nuclei (Otsu + watershed) and cells (seeded watershed) -> `labels_nuclei`, `labels_cells`",
+        ),
+        StageEntry(
+            "score", "cellflow.graph.score:ScoreParams", "cellflow.graph.score:build_score",
+            "Caicedo 2019 object-level scores of `pred` against `truth` -> score tables",
+        ),
+    )
+}
