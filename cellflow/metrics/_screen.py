@@ -32,7 +32,13 @@ from cellflow.screen.layout import DIMS_FIELD
 from cellflow.screen.store import FieldKey, Screen
 
 __all__ = [
-    "TABLE_NAMES", "field_extents", "score_graph", "score_screen", "score_stored_field", "select_fields", "write_tables",
+    "TABLE_NAMES",
+    "field_extents",
+    "score_graph",
+    "score_screen",
+    "score_stored_field",
+    "select_fields",
+    "write_tables",
 ]
 
 #: File names written by :func:`write_tables`, by level.

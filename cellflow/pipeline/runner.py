@@ -77,6 +77,7 @@ def prepare_input(spec: InputSpec, *, scheduler: Any = None) -> Screen:
                 overwrite=store.exists(), scheduler=scheduler,
             )
         else:
+            assert spec.folder is not None and spec.pattern is not None  # InputSpec guarantees both
             ingest(spec.folder, store, pattern=spec.pattern, overwrite=store.exists(), scheduler=scheduler)
         return Screen.open(store)
     raise SpecError(f"input.store {store} does not exist and the spec names no synthetic/nuclei_pairs/folder source")

@@ -149,7 +149,8 @@ def _stage_problems(stages: Mapping[str, Any], source: str, root: yaml.Node | No
     problems = []
     for name, raw in stages.items():
         if name not in STAGES:
-            problems.append(f"{_where(source, root, ('stages', name))}: unknown stage {name!r}; known: {sorted(STAGES)}")
+            where = _where(source, root, ("stages", name))
+            problems.append(f"{where}: unknown stage {name!r}; known: {sorted(STAGES)}")
             continue
         if raw is not None and not isinstance(raw, Mapping):
             problems.append(f"{_where(source, root, ('stages', name))}: stage parameters must be a mapping")
