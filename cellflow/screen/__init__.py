@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from cellflow.screen.ingest import FilenamePattern, IngestReport, ingest, ingest_nuclei_pairs, lazy_images, scan
+from cellflow.screen.ingest import (
+    FilenamePattern,
+    IngestReport,
+    ingest,
+    ingest_images,
+    ingest_nuclei_pairs,
+    lazy_images,
+    scan,
+)
 from cellflow.screen.layout import DIMS_FIELD, DIMS_IMAGES, DIMS_LABELS, ScreenLayout
 from cellflow.screen.ome import export_ome_zarr, import_ome_zarr
 from cellflow.screen.schema import schema_problems, validate_dataset
@@ -32,6 +40,7 @@ __all__ = [
     "export_ome_zarr",
     "import_ome_zarr",
     "ingest",
+    "ingest_images",
     "ingest_nuclei_pairs",
     "lazy_images",
     "open_screen",

@@ -28,7 +28,7 @@ from cellflow.screen._ingest_write import FieldResult, finish, run_fields
 from cellflow.screen.layout import DIMS_FIELD, DIMS_LABELS, MAX_TILE, ScreenLayout
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["CHANNEL", "MAX_PAIRS_PER_PLATE", "ingest_nuclei_pairs", "well_names"]
+__all__ = ["CHANNEL", "MAX_PAIRS_PER_PLATE", "ingest_images", "ingest_nuclei_pairs", "well_names"]
 
 #: The one channel of a paired store, whatever the modality.
 CHANNEL = "image"
@@ -214,6 +214,49 @@ def ingest_nuclei_pairs(
         raise IngestError(f"{root} is not a folder")
     index = _read_index(root)
     pairs, skipped = _select(root, index, sources, modalities)
+    return _ingest_pairs(root, pairs, skipped, store_path, with_modality=index is not None,
+                         overwrite=overwrite, scheduler=scheduler)
+
+
+def ingest_images(
+    folder: str | Path, store_path: str | Path, *, overwrite: bool = False, scheduler: Any = None
+) -> IngestReport:
+    """Ingest a flat folder of images of any sizes, one field per file (no truth).
+
+    The layout is that of :func:`ingest_nuclei_pairs` with one source, the folder:
+    plate = folder name, wells A01, A02, ... in natural name order, images zero-padded
+    to the largest size with their true size in ``extent_y``/``extent_x`` and the file
+    stem in ``source_name``. This is how ``cellflow segment FOLDER OUT`` reads its input.
+
+    Raises
+    ------
+    IngestError
+        ``folder`` is not a folder, or has no image in it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IngestError(f"{folder} is not a folder")
+    images: dict[str, Path] = {}
+    skipped: list[str] = []
+    for path in visible_files(folder):
+        if path.parent != folder or path.suffix.lower() not in _IMAGE_SUFFIXES:
+            skipped.append(str(path))
+        elif path.stem in images:
+            raise IngestError(f"{images[path.stem]} and {path} have the same name; keep one")
+        else:
+            images[path.stem] = path
+    if not images:
+        raise IngestError(f"no .png/.tif images in {folder}")
+    pairs = [_Pair(folder.name, stem, str(path), None, "")
+             for stem, path in sorted(images.items(), key=lambda item: natural_key(item[0]))]
+    return _ingest_pairs(folder, pairs, skipped, store_path, with_modality=False, with_truth=False,
+                         overwrite=overwrite, scheduler=scheduler)
+
+
+def _ingest_pairs(
+    root: Path, pairs: list[_Pair], skipped: list[str], store_path: str | Path, *, with_modality: bool,
+    with_truth: bool = True, overwrite: bool, scheduler: Any,
+) -> IngestReport:
     by_plate = {s: [p for p in pairs if p.source == s] for s in dict.fromkeys(p.source for p in pairs)}
     wells = well_names(max(len(v) for v in by_plate.values()))
     headers: dict[str, Any] = {}
@@ -231,8 +274,9 @@ def ingest_nuclei_pairs(
         tile_yx=(MAX_TILE, MAX_TILE), attrs={"ingest_folder": str(root)},
     )
     screen = Screen.create(store_path, layout, overwrite=overwrite)
-    screen.add_variable("truth_nuclei", dims=DIMS_LABELS, dtype="uint32")
-    _write_pair_variables(screen, layout, by_plate, headers, with_modality=index is not None)
+    if with_truth:
+        screen.add_variable("truth_nuclei", dims=DIMS_LABELS, dtype="uint32")
+    _write_pair_variables(screen, layout, by_plate, headers, with_modality=with_modality)
     results: list[FieldResult] = []
     tasks = []
     for plate, plate_pairs in by_plate.items():
@@ -245,10 +289,11 @@ def ingest_nuclei_pairs(
                 tasks.append(dask.delayed(_ingest_pair, pure=True)(
                     screen, field, pair, header.shape_yx, layout.shape_yx))
     results += run_fields(tasks, scheduler)
-    notes = [f"{p.image} has no mask in masks/; ingested without truth" for p in pairs if p.mask is None]
+    notes = [f"{p.image} has no mask in masks/; ingested without truth" for p in pairs
+             if with_truth and p.mask is None]
     notes += [f"{p.image} is not in index.csv; its modality is ''" for p in pairs
-              if index is not None and (p.source, p.name) not in index]
-    return finish(screen, results, variables=["images", "truth_nuclei"],
+              if with_modality and not p.modality]
+    return finish(screen, results, variables=["images", "truth_nuclei"] if with_truth else ["images"],
                   n_files=len(pairs) + sum(p.mask is not None for p in pairs), skipped=skipped, notes=notes)
 
 

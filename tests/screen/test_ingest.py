@@ -517,3 +517,37 @@ def test_read_header_is_cheap_and_names_bad_files(tmp_path):
     (tmp_path / "b.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(IngestError, match=r"b\.png: cannot read header"):
         read_header(tmp_path / "b.png")
+
+
+def test_ingest_images_flat_folder_of_mixed_sizes(tmp_path):
+    """A flat folder (what `cellflow segment FOLDER OUT` reads): one field per file, padded, extents kept."""
+    import tifffile
+
+    from cellflow.screen import Screen
+    from cellflow.screen.ingest import ingest_images
+
+    rng = np.random.default_rng(11)
+    folder = tmp_path / "plate7"
+    folder.mkdir()
+    written = {
+        "img10": rng.integers(0, 65535, (40, 70), dtype=np.uint16),
+        "img2": rng.integers(0, 255, (64, 32), dtype=np.uint8),
+    }
+    for stem, array in written.items():
+        tifffile.imwrite(folder / f"{stem}.tif", array)
+    (folder / "notes.txt").write_text("not an image")
+    report = ingest_images(folder, tmp_path / "s.zarr")
+    assert report.n_fields_ingested == 2 and not report.failed
+    assert report.skipped == (str(folder / "notes.txt"),)
+    screen = Screen.open(tmp_path / "s.zarr")
+    ds = screen.dataset()
+    assert ds.images.shape[-2:] == (64, 70) and "truth_nuclei" not in ds
+    # natural order: img2 before img10
+    assert [str(v) for v in ds.source_name.values.ravel()[:2]] == ["img2", "img10"]
+    for well, stem in (("A01", "img2"), ("A02", "img10")):
+        field = ds.sel(plate="plate7", well=well, site=0, t=0.0)
+        h, w = int(field.extent_y), int(field.extent_x)
+        assert (h, w) == written[stem].shape
+        image = field.images.sel(c="image", z=0.0).values
+        np.testing.assert_array_equal(image[:h, :w], written[stem])
+        assert not image[h:, :].any() and not image[:, w:].any()
