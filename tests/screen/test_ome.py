@@ -278,27 +278,25 @@ def test_import_a_plate_written_by_ome_zarr(tmp_path, version):
 
 @pytest.mark.slow
 def test_bar_plate_round_trip_1024(tmp_path):
-    """The issue's bar: 2 wells x 4 sites x 3 channels x 3 z at 1024 x 1024 round-trip exactly."""
-    layout = ScreenLayout(plates=("BAR",), wells=("A01", "B02"), sites=(0, 1, 2, 3),
-                          channels=("DNA", "Cyto", "BF"), z_um=(0.0, 1.5, 3.0), shape_yx=(1024, 1024))
-    screen = Screen.create(tmp_path / "bar.zarr", layout)
-    # independent seeded 12-bit noise for every field (seed = its index): no two planes are alike
-    fields = screen.fields(acquired_only=False)
+    """The issue's bar: a synthetic plate, 2 wells x 4 sites x 3 channels x 3 z at 1024 x 1024, round-trips
+    through the store and through OME-Zarr export/import with identical pixels (images and both truths)."""
+    from cellflow.screen.synthetic import SyntheticSpec, synthesize_field, write_synthetic_screen
 
-    def pixels(i):
-        return np.random.default_rng([2024, i]).integers(0, 4096, (1, 3, 3, 1024, 1024), dtype=np.uint16)
-
-    for i, key in enumerate(fields):
-        screen.write("images", pixels(i)[0], well=key.well, site=key.site)
-    screen.set_acquired(fields)
+    spec = SyntheticSpec(plates=("BAR",), wells=("A01", "B02"), sites=4, shape_yx=(1024, 1024),
+                         channels=("DNA", "Cyto", "BF"), n_z=3, seed=7)
+    screen = write_synthetic_screen(tmp_path / "bar.zarr", spec)
     exported = export_ome_zarr(screen, tmp_path / "ome")
     back = import_ome_zarr(exported[0], tmp_path / "back.zarr")
-    stored, imported = screen.dataset().images, back.dataset().images
-    for i, key in enumerate(fields):
-        expected = pixels(i)
+    stored, imported = screen.dataset(), back.dataset()
+    fields = screen.fields()
+    assert len(fields) == 8
+    for key in fields:
+        expected = synthesize_field(spec, plate=key.plate, well=key.well, site=key.site)  # independent re-synthesis
         where = dict(plate="BAR", well=key.well, site=key.site)
-        np.testing.assert_array_equal(stored.sel(**where).values, expected)
+        np.testing.assert_array_equal(stored.images.sel(**where).values, expected.images)
         field = exported[0] / key.well[0] / key.well[1:] / str(key.site)
-        np.testing.assert_array_equal(zarr.open_array(field / "0", mode="r")[...], expected)
-        np.testing.assert_array_equal(imported.sel(**where).values, expected)
-    assert back.fields() == screen.fields() and back.layout == layout
+        np.testing.assert_array_equal(zarr.open_array(field / "0", mode="r")[...], expected.images)
+        np.testing.assert_array_equal(imported.images.sel(**where).values, expected.images)
+        for truth in ("truth_nuclei", "truth_cells"):
+            np.testing.assert_array_equal(imported[truth].sel(**where).values, getattr(expected, truth))
+    assert back.fields() == screen.fields() and back.layout == screen.layout
