@@ -378,7 +378,7 @@ def test_ingest_with_distributed_cluster_matches_threads(tmp_path):
     threaded = ingest(folder, tmp_path / "threads.zarr", pattern=pattern_for("uint16"), tile_yx=TILE,
                       scheduler="threads")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as client:
         report = ingest(folder, tmp_path / "dist.zarr", pattern=pattern_for("uint16"), tile_yx=TILE,
                         scheduler=client)
     assert dataclasses.replace(report, store="") == dataclasses.replace(threaded, store="")
