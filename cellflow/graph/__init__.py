@@ -3,5 +3,17 @@
 from __future__ import annotations
 
 from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, upstream_of
+from cellflow.graph.illumination import IlluminationParams, build_illumination, correct
+from cellflow.graph.score import ScoreParams, build_score
 
-__all__ = ["StageGraph", "TaskResult", "VariableSpec", "upstream_of"]
+__all__ = [
+    "IlluminationParams",
+    "ScoreParams",
+    "StageGraph",
+    "TaskResult",
+    "VariableSpec",
+    "build_illumination",
+    "build_score",
+    "correct",
+    "upstream_of",
+]
