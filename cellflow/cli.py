@@ -39,12 +39,18 @@ def _split(values: str | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(v.strip() for v in values.split(",") if v.strip())
 
 
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
 def _table(frame, title: str) -> Table:  # type: ignore[no-untyped-def]
     table = Table(title=title)
     for column in frame.columns:
         table.add_column(str(column), justify="right" if frame[column].dtype.kind in "iuf" else "left")
     for row in frame.itertuples(index=False):
-        table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(_cell(v) for v in row))
     return table
 
 
@@ -79,8 +85,9 @@ def run(
     parsed = load_spec(spec)
     console.print(f"[bold]cellflow run[/bold] {parsed.name} ({spec})")
     result = run_spec(parsed, scheduler=scheduler, console=console, progress=progress)
-    if "wells" in result.tables:
-        console.print(_table(_score_view(result.tables["wells"]), "scores per well"))
+    for key, table in result.tables.items():
+        if key.endswith("/plates"):
+            console.print(_table(_score_view(table), f"{key.split('/')[0]} vs truth, per plate"))
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     console.print(f"store: {result.screen.path}; tables: {Path(parsed.output.tables)}; {timings}")
 

@@ -19,30 +19,52 @@ __all__ = ["ScoreParams", "build_score"]
 
 @dataclass(frozen=True)
 class ScoreParams:
-    """Which label variables to compare, and how (Caicedo et al. 2019 by default)."""
+    """Which (truth, prediction) label variables to compare, and how (Caicedo et al. 2019).
 
-    truth: str = "truth_nuclei"
-    pred: str = "labels_nuclei"
+    ``pairs`` lists ``(truth, pred)`` names; each pair's rows carry ``labels = pred``
+    and go to their own tables. The dict form also accepts one pair as ``truth``/``pred``.
+    """
+
+    pairs: tuple[tuple[str, str], ...] = (("truth_nuclei", "labels_nuclei"),)
     options: ScoreOptions = field(default_factory=ScoreOptions)
 
+    def __post_init__(self) -> None:
+        pairs = tuple((str(t), str(p)) for t, p in self.pairs)
+        if not pairs:
+            raise ValueError("ScoreParams.pairs must name at least one (truth, pred) pair")
+        preds = [p for _, p in pairs]
+        if len(set(preds)) != len(preds):
+            raise ValueError(f"ScoreParams.pairs: each pred may be scored once, got {preds!r}")
+        object.__setattr__(self, "pairs", pairs)
+
     def to_dict(self) -> dict[str, Any]:
-        """Flat dict: ``truth``, ``pred`` and the score options."""
-        return {"truth": self.truth, "pred": self.pred, **self.options.to_dict()}
+        """``pairs`` and the score options."""
+        return {"pairs": [list(p) for p in self.pairs], **self.options.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScoreParams:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        """Inverse of :meth:`to_dict`; ``truth``/``pred`` give a single pair."""
         data = dict(data)
-        names = {k: data.pop(k) for k in ("truth", "pred") if k in data}
+        pairs = data.pop("pairs", None)
+        single = {k: data.pop(k) for k in ("truth", "pred") if k in data}
+        if pairs is not None and single:
+            raise ValueError("ScoreParams: give either 'pairs' or 'truth'/'pred', not both")
+        if pairs is None:
+            pairs = [(single.get("truth", "truth_nuclei"), single.get("pred", "labels_nuclei"))]
+        if not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+            raise ValueError(f"ScoreParams 'pairs' must be a list of [truth, pred], got {pairs!r}")
         check_keys(ScoreOptions, data)
-        return cls(**names, options=ScoreOptions.from_dict(data))
+        return cls(pairs=tuple(tuple(p) for p in pairs), options=ScoreOptions.from_dict(data))
 
 
 def _score_task(
     screen: Screen, key: FieldKey, params: ScoreParams, extent: tuple[int, int] | None, *upstream: object
 ) -> TaskResult:
-    row = score_stored_field(screen, key, params.truth, params.pred, extent, params.options)
-    return TaskResult(stage="score", field=key, rows=(row,))
+    rows = tuple(
+        {"labels": pred, **score_stored_field(screen, key, truth, pred, extent, params.options)}
+        for truth, pred in params.pairs
+    )
+    return TaskResult(stage="score", field=key, rows=rows)
 
 
 def build_score(
@@ -59,7 +81,7 @@ def build_score(
     RegionError
         A label variable is not in the store (create upstream outputs first).
     """
-    for name in (params.truth, params.pred):
+    for name in {name for pair in params.pairs for name in pair}:
         if name not in screen.variables:
             raise RegionError(f"score: {screen.path} has no variable {name!r}; it has {list(screen.variables)!r}")
     extents = field_extents(screen)

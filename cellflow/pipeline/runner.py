@@ -167,16 +167,26 @@ def _record(screen: Screen, results: Sequence[TaskResult]) -> dict[str, int]:
 
 
 def _tables(results: Sequence[TaskResult], out_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Score rows -> per-field/well/plate tables, one set per scored label variable.
+
+    Tables are keyed ``'<labels>/<level>'`` (e.g. ``'labels_nuclei/wells'``) and written
+    to ``out_dir/<labels>/scores_<level>.parquet``.
+    """
     rows = [row for r in results if r.stage == "score" for row in r.rows]
     if not rows:
         return {}, {}
     from cellflow.metrics import summarise, write_tables
 
-    fields = pd.DataFrame(rows)
-    paths = write_tables(fields, out_dir)
-    tables = {
-        "fields": fields, "wells": summarise(fields, by=("plate", "well")), "plates": summarise(fields, by=("plate",)),
-    }
+    tables: dict[str, pd.DataFrame] = {}
+    paths: dict[str, Path] = {}
+    everything = pd.DataFrame(rows)
+    for labels, group in everything.groupby("labels", sort=True):
+        fields = group.drop(columns="labels").reset_index(drop=True)
+        for level, path in write_tables(fields, out_dir / str(labels)).items():
+            paths[f"{labels}/{level}"] = path
+        tables[f"{labels}/fields"] = fields
+        tables[f"{labels}/wells"] = summarise(fields, by=("plate", "well"))
+        tables[f"{labels}/plates"] = summarise(fields, by=("plate",))
     return tables, paths
 
 

@@ -9,6 +9,7 @@ true size is kept in ``extent_y`` / ``extent_x``.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import itertools
 import string
 from collections.abc import Sequence
@@ -115,14 +116,15 @@ def _select(
         if index is None:
             raise IngestError(f"selecting modalities needs {root / 'index.csv'}, which is missing")
         known = sorted(set(index.values()))
-        if set(modalities) - set(known):
-            raise IngestError(f"modalities {sorted(set(modalities) - set(known))!r} are unknown; "
-                              f"index.csv has {known!r}")
+        unmatched = sorted(m for m in modalities if not fnmatch.filter(known, m))
+        if unmatched:
+            raise IngestError(f"modalities {unmatched!r} match nothing; index.csv has {known!r}")
     pairs: list[_Pair] = []
     skipped: list[str] = []
     for source in found if sources is None else [s for s in found if s in set(sources)]:
         found_pairs, found_skipped = _source_pairs(root / source, index)
-        pairs += [p for p in found_pairs if modalities is None or p.modality in set(modalities)]
+        pairs += [p for p in found_pairs
+                  if modalities is None or any(fnmatch.fnmatchcase(p.modality, m) for m in modalities)]
         skipped += found_skipped
     if not pairs:
         raise IngestError(f"no image/mask pairs selected in {root} (sources={sources!r}, modalities={modalities!r})")
@@ -193,7 +195,8 @@ def ingest_nuclei_pairs(
     sources : sequence of str, optional
         Source folders to ingest (default: all).
     modalities : sequence of str, optional
-        Keep pairs whose ``index.csv`` modality is one of these.
+        Keep pairs whose ``index.csv`` modality matches one of these shell-style
+        patterns (e.g. ``'fluorescence*'``).
     overwrite : bool
         Replace an existing cellflow store at ``store_path``.
     scheduler : optional

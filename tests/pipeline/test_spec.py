@@ -29,7 +29,8 @@ def test_good_spec_parses_into_typed_objects(tmp_path):
     assert isinstance(spec, PipelineSpec)
     assert spec.cluster.kind == "threads" and spec.cluster.dashboard_address.startswith("127.0.0.1")
     [(name, entry, params)] = spec.stage_entries()
-    assert name == "score" and params.pred == "truth_cells" and params.options.error_threshold == 0.75
+    assert name == "score" and params.pairs == (("truth_nuclei", "truth_cells"),)
+    assert params.options.error_threshold == 0.75
 
 
 def test_every_problem_is_reported_with_its_line(tmp_path):

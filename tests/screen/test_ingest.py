@@ -467,8 +467,15 @@ def test_nuclei_filters(tmp_path, nuclei_data):
     assert int(ds.images.max()) == 36863  # the ~33000 offset survives
     with pytest.raises(IngestError, match="sources \\['nope'\\] are not in"):
         ingest_nuclei_pairs(nuclei_data, tmp_path / "x.zarr", sources=["nope"])
-    with pytest.raises(IngestError, match="modalities \\['grey'\\] are unknown"):
+    with pytest.raises(IngestError, match="modalities \\['grey'\\] match nothing"):
         ingest_nuclei_pairs(nuclei_data, tmp_path / "x.zarr", modalities=["grey"])
+    # shell patterns select every fluorescence modality (counted independently from index.csv)
+    import csv
+
+    with open(nuclei_data / "index.csv") as f:
+        expected = sum(row["modality"].startswith("fluorescence") for row in csv.DictReader(f))
+    report = ingest_nuclei_pairs(nuclei_data, tmp_path / "f.zarr", modalities=["fluorescence*"])
+    assert report.n_fields_ingested == expected == 74
 
 
 def test_nuclei_pairs_missing_and_bad_masks(tmp_path):
