@@ -28,7 +28,7 @@ def test_good_spec_parses_into_typed_objects(tmp_path):
     spec = load_spec(_write(tmp_path, GOOD))
     assert isinstance(spec, PipelineSpec)
     assert spec.cluster.kind == "threads" and spec.cluster.dashboard_address.startswith("127.0.0.1")
-    [(name, entry, params)] = spec.stage_entries()
+    [(name, _entry, params)] = spec.stage_entries()
     assert name == "score" and params.pairs == (("truth_nuclei", "truth_cells"),)
     assert params.options.error_threshold == 0.75
 
