@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, upstream_of
+from cellflow.graph.autolabel import AutolabelParams, build_autolabel
 from cellflow.graph.illumination import IlluminationParams, build_illumination, correct
 from cellflow.graph.score import ScoreParams, build_score
 
 __all__ = [
+    "AutolabelParams",
     "IlluminationParams",
     "ScoreParams",
     "StageGraph",
     "TaskResult",
     "VariableSpec",
+    "build_autolabel",
     "build_illumination",
     "build_score",
     "correct",
