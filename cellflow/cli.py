@@ -99,6 +99,48 @@ def _score_view(frame):  # type: ignore[no-untyped-def]
 
 
 @app.command()
+def segment(
+    source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG images, or a screen store")],
+    output: Annotated[Path | None, typer.Argument(help="Folder for the label TIFFs (folder input only)")] = None,
+    classical: Annotated[bool, typer.Option(help="Classical Otsu + watershed nuclei (the only method so far)")] = False,
+    diameter_px: Annotated[float | None, typer.Option(help="Expected nucleus diameter; default: estimated")] = None,
+    channel: Annotated[
+        str | None, typer.Option(help="Nuclear channel (default 'image' for folders, 'DNA' for stores)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes (0: threads in this process)")] = 2,
+    scheduler: Annotated[str | None, typer.Option(help="Address of a running scheduler tcp://HOST:PORT")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing label files")] = False,
+    keep_store: Annotated[Path | None, typer.Option(help="Keep the intermediate screen store here")] = None,
+) -> None:
+    """Segment nuclei: a folder in -> one uint32 label TIFF per image (same stem); a store -> labels_nuclei."""
+    from cellflow.graph.autolabel import AutolabelParams
+    from cellflow.pipeline.segment import segment as run_segment
+    from cellflow.pipeline.spec import ClusterSpec
+
+    if not classical:
+        raise typer.BadParameter("only --classical segmentation is available in this version", param_hint="--classical")
+    is_store = (source / "zarr.json").is_file()
+    params = AutolabelParams(
+        nuclear_channel=channel or ("DNA" if is_store else "image"), diameter_px=diameter_px,
+        illumination=is_store,
+    )
+    cluster = ClusterSpec(kind="threads") if workers == 0 else ClusterSpec(n_workers=workers)
+    result = run_segment(
+        source, output, params=params, cluster=cluster, scheduler=scheduler, overwrite=overwrite,
+        keep_store=keep_store, console=console,
+    )
+    if result.label_files:
+        total = sum(result.objects.values())
+        console.print(f"wrote {len(result.label_files)} label files ({total} nuclei) to {output}")
+    else:
+        console.print(f"labels_nuclei written into {result.store}")
+    for path, reason in result.failed:
+        console.print(f"[red]not segmented:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(code=3)
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="New screen store (folder ending in .zarr)")],
     plates: Annotated[str, typer.Option(help="Comma-separated plate names")] = "P1",

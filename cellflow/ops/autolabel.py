@@ -109,6 +109,7 @@ CELL_METHODS: tuple[str, ...] = ("propagation", "intensity", "gradient", "distan
 _DISTANCE_SMOOTHING_PX = 1.0  # the EDT is piecewise flat along ridges: smooth it so ridges have one peak
 _INTENSITY_MARKER_SIGMA = 0.2  # x diameter: the 'intensity' surface blurs texture into one bump per nucleus
 _TERRITORY_GROWTH = 0.25  # x diameter: how far an object's edge may move out in the refinement
+_FLOOR_PERCENTILE = 1.0  # the dark floor under a threshold correction (robust minimum)
 _MIN_BLOB_AREA_PX = 20  # blobs smaller than this do not vote in the diameter estimate (specks)
 
 
@@ -281,15 +282,21 @@ def _smoothed_mask(be: Backend, image: Any, smoothing_px: float, threshold: floa
     if threshold is None:
         if float(smooth.max()) <= float(smooth.min()):  # a flat plane has no foreground
             return smooth, be.xp.zeros(smooth.shape, bool)
-        threshold = float(be.ski("filters").threshold_otsu(smooth)) * correction
+        # The correction scales the threshold's height above the dark floor, not its raw value:
+        # a camera offset (HeLa frames sit at ~33000 ADU) must not move the threshold below it.
+        floor = float(be.xp.percentile(smooth, _FLOOR_PERCENTILE))
+        otsu = float(be.ski("filters").threshold_otsu(smooth))
+        threshold = floor + correction * (otsu - floor)
     return smooth, be.ndi.binary_fill_holes(smooth > threshold)
 
 
 def estimate_diameter(image: Any, *, smoothing_px: float = 1.0) -> float | None:
-    """Typical nucleus diameter in pixels: median equivalent diameter of the Otsu blobs.
+    """Typical nucleus diameter in pixels: area-weighted median equivalent diameter of the Otsu blobs.
 
-    Blobs under 20 pixels (specks) do not vote; clusters count as one blob, so
-    crowded fields come out somewhat high. None when the plane has no blob.
+    Blobs under 20 pixels (specks) do not vote, and each blob votes with its area, so
+    a field of few large nuclei and much debris still measures the nuclei; clusters
+    count as one blob, so crowded fields come out somewhat high. None when the plane
+    has no blob.
 
     Examples
     --------
@@ -303,8 +310,14 @@ def estimate_diameter(image: Any, *, smoothing_px: float = 1.0) -> float | None:
     _, mask = _smoothed_mask(be, image, smoothing_px, None, 1.0)
     blobs, _ = ndi.label(to_host(mask))
     areas = np.bincount(blobs.ravel())[1:]
-    areas = areas[areas >= _MIN_BLOB_AREA_PX]
-    return float(np.median(np.sqrt(4 * areas / np.pi))) if areas.size else None
+    areas = np.sort(areas[areas >= _MIN_BLOB_AREA_PX])
+    if not areas.size:
+        return None
+    # Area-weighted median: the blob holding the median foreground pixel. A plain median
+    # lets many specks outvote few large nuclei (GOWT1 stem cells: 10 px instead of ~60).
+    cumulative = np.cumsum(areas)
+    typical = areas[np.searchsorted(cumulative, cumulative[-1] / 2)]
+    return float(np.sqrt(4 * typical / np.pi))
 
 
 # ---------------------------------------------------------------------------- nuclei

@@ -36,7 +36,15 @@ from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen.store import ChunkRecord, Screen
 
-__all__ = ["RunResult", "build_graphs", "cluster_client", "prepare_input", "run_spec"]
+__all__ = [
+    "RunResult",
+    "build_graphs",
+    "cluster_client",
+    "execute_graphs",
+    "prepare_input",
+    "record_chunks",
+    "run_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,8 @@ class _StageProgress(Callback):  # type: ignore[misc]
             self._advance(self._stage_of[key])
 
 
-def _execute(graphs: Sequence[StageGraph], client: Any, console: Console, show: bool) -> list[TaskResult]:
+def execute_graphs(graphs: Sequence[StageGraph], client: Any, console: Console, show: bool) -> list[TaskResult]:
+    """Compute every stage's tasks in one go (threads if ``client`` is None), with progress per stage."""
     tasks = [t for g in graphs for t in g.tasks]
     stage_of = {t.key: g.name for g in graphs for t in g.tasks}
     with Progress(
@@ -158,7 +167,8 @@ def _execute(graphs: Sequence[StageGraph], client: Any, console: Console, show: 
         return [r for r in results if r is not None]
 
 
-def _record(screen: Screen, results: Sequence[TaskResult]) -> dict[str, int]:
+def record_chunks(screen: Screen, results: Sequence[TaskResult]) -> dict[str, int]:
+    """Mark the chunks the tasks wrote as complete in each variable's ledger (client side)."""
     by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
     for result in results:
         for record in result.records:
@@ -223,9 +233,9 @@ def run_spec(
         graphs = build_graphs(screen, spec)
         seconds["build"] = time.perf_counter() - start
         start = time.perf_counter()
-        results = _execute(graphs, client, console, progress)
+        results = execute_graphs(graphs, client, console, progress)
         seconds["compute"] = time.perf_counter() - start
-    chunks = _record(screen, results)
+    chunks = record_chunks(screen, results)
     tables, paths = _tables(results, Path(spec.output.tables))
     result = RunResult(
         screen=screen, tables=tables, table_paths=paths, tasks={g.name: len(g.tasks) for g in graphs},
