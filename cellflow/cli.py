@@ -56,19 +56,24 @@ def _table(frame, title: str) -> Table:  # type: ignore[no-untyped-def]
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Output folder")] = Path("cellflow-demo"),
-    scheduler: Scheduler = None,
+    out: Annotated[Path, typer.Option(help="Output folder (earlier demo outputs in it are replaced)")] = Path(
+        "cellflow-demo"
+    ),
+    scheduler: Annotated[str | None, typer.Option(help="Address of a running scheduler tcp://HOST:PORT")] = None,
+    real: Annotated[bool, typer.Option(help="Also score the classical baseline on the real images, if found")] = True,
 ) -> None:
-    """Run the main job on an embedded default: a synthetic 4-well plate, end to end."""
-    from cellflow.cluster import scheduler_context
+    """Run the main job on an embedded default: a synthetic plate, auto-labelled and scored end to end."""
     from cellflow.demo import run_demo
 
     console.print(f"[bold]cellflow demo[/bold] -> {out}")
-    with scheduler_context(scheduler) as sched:
-        result = run_demo(out, scheduler=sched)
-    console.print(_table(result.summary, "Synthetic plate, per well"))
-    timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
-    console.print(f"store: {result.store}\nOME-Zarr: {', '.join(map(str, result.ome_zarr))}\ntimings: {timings}")
+    result = run_demo(out, scheduler=scheduler, real=real, console=console)
+    for run_result, what in ((result.synthetic, "synthetic plate"), (result.real, "real nuclei")):
+        if run_result is None:
+            continue
+        for key, table in run_result.tables.items():
+            if key.endswith("/plates"):
+                console.print(_table(_score_view(table), f"{what}: {key.split('/')[0]} vs truth"))
+    console.print(f"store: {result.synthetic.screen.path}; OME-Zarr for napari: {', '.join(map(str, result.ome_zarr))}")
 
 
 @app.command()

@@ -1,129 +1,100 @@
 """``cellflow demo``: the main job on an embedded default, end to end on one machine.
 
-Today it synthesizes a small plate with ground truth, checks the store, summarises
-it per well with a lazy dask graph, and exports it as OME-Zarr HCS for napari.
-Later stages (illumination correction, segmentation, scoring) join as they land.
+It runs the packaged spec ``cellflow/data/demo.yaml`` (also ``specs/demo.yaml``): a
+synthetic 4-well plate is illumination-corrected, labelled automatically from its
+stains, and scored against its synthetic truth on a local 2-worker dask cluster;
+the plate is exported as OME-Zarr HCS for napari. When the real development images
+are found (``../shared/data/nuclei`` or ``$CELLFLOW_NUCLEI_DATA``), the classical
+baseline is also run and scored on their grey fluorescence images.
 """
 
 from __future__ import annotations
 
-import time
+import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-import dask
-import numpy as np
-import pandas as pd
+import yaml
+from rich.console import Console
 
-from cellflow.screen.store import Screen
+from cellflow.pipeline.runner import RunResult, run_spec
+from cellflow.pipeline.spec import PipelineSpec, parse_spec
 
-if TYPE_CHECKING:
-    from cellflow.screen.synthetic import SyntheticSpec
-
-__all__ = ["DemoResult", "demo_spec", "run_demo", "well_summary"]
-
-
-def demo_spec() -> SyntheticSpec:
-    """The embedded default plate: 4 wells x 2 sites, DNA/Cyto/BF x 3 z, 512x512."""
-    from cellflow.screen.synthetic import SyntheticSpec
-
-    return SyntheticSpec(
-        plates=("DEMO",), wells=("A01", "A02", "B01", "B02"), sites=2, shape_yx=(512, 512),
-        channels=("DNA", "Cyto", "BF"), n_z=3, seed=2017,
-    )
+__all__ = ["DemoResult", "demo_spec", "find_nuclei_data", "run_demo"]
 
 
 @dataclass(frozen=True)
 class DemoResult:
     """What the demo made and measured."""
 
-    store: Path
+    synthetic: RunResult
     ome_zarr: list[Path]
-    summary: pd.DataFrame
-    seconds: dict[str, float]
+    real: RunResult | None
 
 
-def _field_counts(screen: Screen, variable: str, plate: str, well: str, site: int, t: float) -> int:
-    labels = screen.read(variable, plate=plate, well=well, site=site, t=t)
-    return int(np.unique(labels[labels > 0]).size)
+def demo_spec(out_dir: str | Path = "cellflow-demo") -> PipelineSpec:
+    """The packaged demo spec with its outputs under ``out_dir``."""
+    text = resources.files("cellflow").joinpath("data/demo.yaml").read_text()
+    data: dict[str, Any] = yaml.safe_load(text)
+    out_dir = Path(out_dir)
+    data["input"]["store"] = str(out_dir / "demo.zarr")
+    data["output"]["tables"] = str(out_dir / "tables")
+    return parse_spec(data, source="cellflow/data/demo.yaml")
 
 
-def well_summary(screen: Screen, *, scheduler: str | None = None) -> pd.DataFrame:
-    """Per-well table: fields, mean intensity per channel, ground-truth object counts.
-
-    Intensities come from one lazy xarray reduction over the acquired fields;
-    object counts from one delayed task per field. Both run in one ``dask.compute``.
-
-    Parameters
-    ----------
-    screen : Screen
-        An opened screen store.
-    scheduler : str, optional
-        Passed to ``dask.compute``.
-
-    Returns
-    -------
-    summary : pandas.DataFrame
-        One row per (plate, well) with ``fields``, ``intensity_mean_<channel>`` and,
-        for each ``truth_*`` variable, ``<name>_count`` (objects summed over fields).
-    """
-    ds = screen.dataset()
-    acquired = ds.acquired
-    images = ds.images.where(acquired)
-    means = images.mean(dim=("site", "t", "z", "y", "x"))
-    truths = [v for v in screen.variables if v.startswith("truth_")]
-    fields = screen.fields()
-    counts = {
-        name: [dask.delayed(_field_counts)(screen, name, *f) for f in fields] for name in truths
-    }
-    means, counts = dask.compute(means, counts, scheduler=scheduler)
-    rows = []
-    for plate in ds.plate.values:
-        for well in ds.well.values:
-            in_well = [i for i, f in enumerate(fields) if f.plate == plate and f.well == well]
-            if not in_well:
-                continue
-            row: dict[str, object] = {"plate": str(plate), "well": str(well), "fields": len(in_well)}
-            for c in ds.c.values:
-                row[f"intensity_mean_{c}"] = float(means.sel(plate=plate, well=well, c=c))
-            for name in truths:
-                row[f"{name}_count"] = int(sum(counts[name][i] for i in in_well))
-            rows.append(row)
-    return pd.DataFrame(rows)
+def find_nuclei_data() -> Path | None:
+    """The real nuclei images: ``$CELLFLOW_NUCLEI_DATA``, else ``../shared/data/nuclei``, if present."""
+    candidates = [os.environ.get("CELLFLOW_NUCLEI_DATA"), "../shared/data/nuclei"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "index.csv").is_file():
+            return Path(candidate)
+    return None
 
 
-def run_demo(out_dir: str | Path, *, scheduler: str | None = None, overwrite: bool = True) -> DemoResult:
-    """Synthesize a 4-well plate, validate, summarise and export it.
+def _real_spec(root: Path, out_dir: Path, cluster: dict[str, Any]) -> PipelineSpec:
+    return parse_spec({
+        "name": "demo-real-nuclei",
+        "input": {
+            "store": str(out_dir / "real-nuclei.zarr"), "reuse": False, "nuclei_pairs": str(root),
+            "sources": ["dsb2018_stage1_test"], "modalities": ["fluorescence*"],
+        },
+        "stages": {
+            "autolabel": {"nuclear_channel": "image", "illumination": False},
+            "score": {"pairs": [["truth_nuclei", "labels_nuclei"]]},
+        },
+        "output": {"tables": str(out_dir / "tables-real-nuclei")},
+        "cluster": cluster,
+    }, source="demo (real nuclei)")
+
+
+def run_demo(
+    out_dir: str | Path = "cellflow-demo", *, scheduler: str | None = None, real: bool = True,
+    console: Console | None = None, progress: bool = True,
+) -> DemoResult:
+    """Run the demo spec, export its plate, and score the classical baseline on real images.
 
     Parameters
     ----------
     out_dir : str or Path
-        Folder for ``demo.zarr`` and ``demo.ome.zarr``.
+        Folder for the stores, tables and OME-Zarr export (earlier demo outputs in it are replaced).
     scheduler : str, optional
-        ``dask.compute`` scheduler (or None for the active client / threads).
-    overwrite : bool
-        Replace the outputs of an earlier demo in ``out_dir`` (only cellflow stores are
-        ever replaced).
-
-    Returns
-    -------
-    DemoResult
+        Address of a running scheduler instead of a local cluster.
+    real : bool
+        Also run the classical baseline on the real images when they are found.
     """
     from cellflow.screen.ome import export_ome_zarr
-    from cellflow.screen.synthetic import write_synthetic_screen
 
+    console = console or Console()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    screen = write_synthetic_screen(out_dir / "demo.zarr", demo_spec(), overwrite=overwrite, scheduler=scheduler)
-    seconds["synthesize"] = time.perf_counter() - start
-    start = time.perf_counter()
-    screen = Screen.open(screen.path)  # schema check of what was written
-    summary = well_summary(screen, scheduler=scheduler)
-    seconds["summarise"] = time.perf_counter() - start
-    start = time.perf_counter()
-    exported = export_ome_zarr(screen, out_dir / "demo.ome.zarr", overwrite=overwrite, scheduler=scheduler)
-    seconds["export"] = time.perf_counter() - start
-    return DemoResult(store=screen.path, ome_zarr=list(exported), summary=summary, seconds=seconds)
+    spec = demo_spec(out_dir)
+    synthetic = run_spec(spec, scheduler=scheduler, console=console, progress=progress)
+    exported = export_ome_zarr(synthetic.screen, out_dir / "demo.ome.zarr", overwrite=True)
+    root = find_nuclei_data() if real else None
+    real_run = None
+    if root is not None:
+        console.print(f"classical baseline on the real grey fluorescence images in {root}")
+        real_spec = _real_spec(root, out_dir, spec.cluster.model_dump())
+        real_run = run_spec(real_spec, scheduler=scheduler, console=console, progress=progress)
+    return DemoResult(synthetic=synthetic, ome_zarr=exported, real=real_run)
