@@ -220,7 +220,7 @@ def ingest(
             report = ingest_folder(
                 source, out, pattern=fp, overwrite=overwrite, scheduler=sched, pixel_size_um=pixel_size_um
             )
-    console.print(report.summary())
+    console.print(report.summary(), soft_wrap=True, highlight=False)
     if report.failed:
         raise typer.Exit(code=3)
 
@@ -272,10 +272,15 @@ def info(store: Annotated[Path, typer.Argument(help="Screen store")]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point. Usage errors exit through click as usual (status 2);
-    a cellflow error prints one clear line and returns 2."""
+    """Console entry point; returns the exit status.
+
+    0: done. 2: bad input or usage (one clear line, no traceback). 3: finished, but some
+    inputs were bad and are listed.
+    """
     try:
-        app(args=argv)
+        app(args=argv, prog_name="cellflow")
+    except SystemExit as done:  # click ends every run, usage errors included, with SystemExit
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except (CellflowError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return 2
