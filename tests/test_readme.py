@@ -30,3 +30,14 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_torch_is_pinned_to_the_cpu_wheel_range():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"torch>=2.8,<2.14"' in pyproject
+
+
+def test_python_api_example_runs(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Python API", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:1]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the example as a user would paste it
+    assert (tmp_path / "plate.zarr" / "zarr.json").is_file()
+    assert namespace["mine"].ledger("images").completed().sum() == 1
