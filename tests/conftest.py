@@ -37,3 +37,16 @@ def nuclei_data() -> Path:
     if not (NUCLEI_DATA / "index.csv").is_file():
         pytest.skip(f"real nuclei data not found at {NUCLEI_DATA}")
     return NUCLEI_DATA
+
+
+@pytest.fixture
+def cupy():
+    """CuPy with a usable CUDA device; GPU tests skip cleanly (with the reason) without one."""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (GPU extra); the CPU twin is tested")
+    try:
+        devices = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError:
+        devices = 0
+    if devices == 0:
+        pytest.skip("CuPy is installed but no CUDA device is available")
+    return cupy

@@ -292,12 +292,7 @@ def test_classical_nuclei_reach_the_target_on_u2os(u2os_scores):
 
 # ---------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
-def test_cupy_input_gives_the_numpy_labels():
-    cupy = pytest.importorskip("cupy")
-    try:
-        cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
+def test_cupy_input_gives_the_numpy_labels(cupy):
     image = plane(two_touching_discs(), noise=2.0)
     for declump in DECLUMP_METHODS:
         params = NucleiParams(declump=declump)

@@ -42,12 +42,7 @@ def test_kernel_written_once_gives_the_same_result():
 
 
 @pytest.mark.gpu
-def test_cupy_arrays_get_the_gpu_stack():
-    cupy = pytest.importorskip("cupy")
-    try:
-        cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("CuPy is installed but no CUDA device is available")
+def test_cupy_arrays_get_the_gpu_stack(cupy):
     image = cupy.asarray(np.random.default_rng(1).random((32, 32)))
     be = backend_of(image)
     assert be.name == "cupy" and be.xp is cupy

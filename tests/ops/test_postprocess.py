@@ -175,12 +175,7 @@ def test_dtype_and_values_do_not_depend_on_float_width():
 
 
 @pytest.mark.gpu
-def test_cupy_input_gives_cupy_labels_equal_to_numpy():
-    cupy = pytest.importorskip("cupy")
-    try:
-        cupy.cuda.runtime.getDeviceCount()
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
+def test_cupy_input_gives_cupy_labels_equal_to_numpy(cupy):
     truth = random_objects((96, 96), 20, 4)
     p = noisy(probabilities_of(truth), 0.2, 4)
     on_gpu = probabilities_to_labels(cupy.asarray(p))
