@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=Path("runs/benchmarks/ingest_nuclei.json"))
+    parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "ingest_nuclei.json")
     parser.add_argument("--distributed", action="store_true", help="also time a 2-process LocalCluster")
     args = parser.parse_args()
     rows: dict[str, dict[str, Any]] = {}
