@@ -1,0 +1,77 @@
+"""PyTorch side of cellflow: segmentation networks (and, beside them, targets, losses, augmentation)."""
+
+from __future__ import annotations
+
+from cellflow.nn.augment import (
+    AugmentParams,
+    elastic_deform,
+    mirror_crop,
+    random_crop,
+    random_displacement,
+    warp,
+)
+from cellflow.nn.losses import REDUCTIONS, class_weights_from_config, weighted_cross_entropy
+from cellflow.nn.models import (
+    MODELS,
+    DeepCell,
+    DeepCellEnsemble,
+    ModelConfig,
+    ResUNet,
+    SegmentationModel,
+    UNet,
+    build_model,
+    downsampling,
+    empirical_footprints,
+    empirical_receptive_field,
+    receptive_field,
+    receptive_radius,
+)
+from cellflow.nn.normalize import NORMALIZATION_METHODS, Normalization
+from cellflow.nn.targets import (
+    DEFAULT_CLASS_WEIGHTS,
+    THREE_CLASSES,
+    TWO_CLASSES,
+    balanced_class_weights,
+    class_weight_vector,
+    three_class_targets,
+    two_class_targets,
+)
+
+# The functions `augment` and `normalize` are not re-exported here: they share their
+# modules' names, and binding them on the package would shadow the submodules
+# (`import cellflow.nn.normalize` would then give the function). Use
+# `from cellflow.nn.augment import augment` and `from cellflow.nn.normalize import normalize`.
+
+__all__ = [
+    "DEFAULT_CLASS_WEIGHTS",
+    "MODELS",
+    "NORMALIZATION_METHODS",
+    "REDUCTIONS",
+    "THREE_CLASSES",
+    "TWO_CLASSES",
+    "AugmentParams",
+    "DeepCell",
+    "DeepCellEnsemble",
+    "ModelConfig",
+    "Normalization",
+    "ResUNet",
+    "SegmentationModel",
+    "UNet",
+    "balanced_class_weights",
+    "build_model",
+    "class_weight_vector",
+    "class_weights_from_config",
+    "downsampling",
+    "elastic_deform",
+    "empirical_footprints",
+    "empirical_receptive_field",
+    "mirror_crop",
+    "random_crop",
+    "random_displacement",
+    "receptive_field",
+    "receptive_radius",
+    "three_class_targets",
+    "two_class_targets",
+    "warp",
+    "weighted_cross_entropy",
+]
