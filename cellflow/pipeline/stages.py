@@ -53,6 +53,10 @@ STAGES: dict[str, StageEntry] = {
             "classical nuclei (Otsu + watershed) and cells (seeded watershed) -> `labels_nuclei`, `labels_cells`",
         ),
         StageEntry(
+            "predict", "cellflow.graph.predict:PredictParams", "cellflow.graph.predict:build_predict",
+            "tiled, blended DCNN probabilities from a checkpoint -> `probabilities`",
+        ),
+        StageEntry(
             "score", "cellflow.graph.score:ScoreParams", "cellflow.graph.score:build_score",
             "Caicedo 2019 object-level scores of `pred` against `truth` -> score tables",
         ),
