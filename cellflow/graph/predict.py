@@ -36,7 +36,7 @@ from dask.base import tokenize
 from cellflow._config import check_keys
 from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, upstream_of
 from cellflow.metrics import field_extents, select_fields
-from cellflow.nn.checkpoint import Checkpoint, load_checkpoint
+from cellflow.nn.checkpoint import Checkpoint, load_checkpoint, store_channel
 from cellflow.nn.normalize import normalize
 from cellflow.nn.predict import WINDOWS, cached_model, predict_plane, set_worker_threads
 from cellflow.screen.store import FieldKey, Screen
@@ -160,16 +160,17 @@ class _FieldPlan:
 def _input_channels(screen: Screen, params: PredictParams, checkpoint: Checkpoint) -> tuple[str, ...]:
     """The checkpoint's distinct channels, checked against the store and the model's inputs."""
     available = [str(c) for c in screen.coords()["c"]]
-    missing = [c for c in checkpoint.channels if c not in available]
+    wanted = [store_channel(c) for c in checkpoint.channels]  # 'BF@z1' (stacked planes) reads 'BF'
+    missing = [c for c in wanted if c not in available]
     if missing:
         raise ValueError(f"model {params.model} needs channels {list(checkpoint.channels)!r}, but {missing!r} "
                          f"are not in {screen.path}, which has {available!r}")
-    distinct = tuple(dict.fromkeys(checkpoint.channels))
+    distinct = tuple(dict.fromkeys(wanted))
     planes = len(screen.coords()["z"])
     if isinstance(params.z, int) and params.z >= planes:
         raise ValueError(f"PredictParams.z is plane {params.z}, but {screen.path} has {planes} z planes")
     inputs = len(distinct) * planes if params.z == "all" else len(checkpoint.channels)
-    if params.z != "all" and len(distinct) != len(checkpoint.channels):
+    if params.z != "all" and len(distinct) != len(wanted):
         raise ValueError(f"model {params.model} lists channels {list(checkpoint.channels)!r} more than once; "
                          "that means z planes as channels: use PredictParams.z='all'")
     if inputs != checkpoint.model.in_channels:

@@ -29,7 +29,16 @@ from cellflow.errors import CellflowError
 from cellflow.nn.models import ModelConfig
 from cellflow.nn.normalize import Normalization
 
-__all__ = ["FORMAT", "Checkpoint", "CheckpointError", "file_sha256", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "file_sha256",
+    "load_checkpoint",
+    "save_checkpoint",
+    "stack_channel_names",
+    "store_channel",
+]
 
 FORMAT = "cellflow-checkpoint"
 VERSION = 1
@@ -56,6 +65,25 @@ class Checkpoint:
         module = self.model.build()
         module.load_state_dict(dict(self.state_dict))
         return module.to(device).eval()
+
+
+def stack_channel_names(channels: Sequence[str], planes: int) -> list[str]:
+    """Input names when z planes are stacked as channels: ``['BF@z0', 'BF@z1', ...]``.
+
+    >>> stack_channel_names(["BF"], 3)
+    ['BF@z0', 'BF@z1', 'BF@z2']
+    """
+    return [f"{c}@z{i}" for c in channels for i in range(planes)]
+
+
+def store_channel(name: str) -> str:
+    """The store channel an input name reads (``'BF@z2'`` -> ``'BF'``; plain names unchanged).
+
+    >>> store_channel("BF@z2"), store_channel("DNA")
+    ('BF', 'DNA')
+    """
+    base, sep, plane = name.rpartition("@z")
+    return base if sep and plane.isdigit() else name
 
 
 def file_sha256(path: str | Path) -> str:

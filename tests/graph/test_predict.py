@@ -136,3 +136,30 @@ def test_channel_mismatches_name_model_and_store(screen, tmp_path):
         build_predict(screen, planes)
     with pytest.raises(FileNotFoundError, match="no model file"):
         build_predict(screen, PredictParams(model=str(tmp_path / "none.pt")))
+
+
+def test_checkpoint_from_training_with_stacked_planes_reads_its_store_channel(tmp_path):
+    """Training names stacked z planes 'BF@z0..2'; the predictor reads channel 'BF', all planes."""
+    import torch
+
+    from cellflow.graph.predict import PredictParams, build_predict
+    from cellflow.nn.checkpoint import load_checkpoint, save_checkpoint, stack_channel_names
+    from cellflow.nn.models import build_model
+    from cellflow.nn.normalize import Normalization
+    from cellflow.screen import Screen, ScreenLayout
+
+    layout = ScreenLayout(plates=("P",), wells=("A01",), sites=(0,), channels=("BF",), shape_yx=(48, 64),
+                          z_um=(-2.0, 0.0, 2.0))
+    screen = Screen.create(tmp_path / "s.zarr", layout)
+    rng = np.random.default_rng(4)
+    screen.write("images", rng.integers(0, 4000, (1, 3, 48, 64), dtype=np.uint16), plate="P", well="A01", site=0)
+    screen.set_acquired([("P", "A01", 0, 0.0)])
+    torch.manual_seed(0)
+    model = build_model("resunet", in_channels=3, classes=3).eval()
+    save_checkpoint(tmp_path / "m.pt", model, normalization=Normalization(), channels=stack_channel_names(["BF"], 3),
+                    class_names=["background", "interior", "boundary"])
+    assert load_checkpoint(tmp_path / "m.pt").channels == ("BF@z0", "BF@z1", "BF@z2")
+    graph = build_predict(screen, PredictParams(model=str(tmp_path / "m.pt"), z="all", tile=32))
+    graph.create_outputs(screen)
+    (result,) = dask.compute(*graph.tasks, scheduler="synchronous")
+    assert result.records and screen.read("probabilities", plate="P", well="A01", site=0).sum() > 0
