@@ -104,6 +104,25 @@ def _score_view(frame):  # type: ignore[no-untyped-def]
 
 
 @app.command()
+def train(
+    spec: Annotated[Path, typer.Argument(help="YAML training spec: name, input, train, model_dir")],
+) -> None:
+    """Train a segmentation network on a screen's channels against its labels (truth or auto labels)."""
+    from cellflow.nn.train import train as run_training
+    from cellflow.pipeline.runner import prepare_input
+    from cellflow.pipeline.spec import load_train_spec
+
+    parsed = load_train_spec(spec)
+    params = parsed.params()
+    screen = prepare_input(parsed.input)
+    console.print(f"[bold]cellflow train[/bold] {parsed.name}: {params.model} on {list(params.channels)} "
+                  f"-> {params.target} ({screen.path})")
+    result = run_training(screen, params, out=parsed.model_dir, log=console.print)
+    console.print(f"best validation F1 {result.best_f1:.3f} (epoch {result.best_epoch}; untrained "
+                  f"{result.initial_f1:.3f}); model: {result.checkpoint}")
+
+
+@app.command()
 def segment(
     source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG images, or a screen store")],
     output: Annotated[Path | None, typer.Argument(help="Folder for the label TIFFs (folder input only)")] = None,

@@ -22,7 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cellflow.errors import SpecError
 from cellflow.pipeline.stages import STAGES, StageEntry
 
-__all__ = ["ClusterSpec", "InputSpec", "OutputSpec", "PipelineSpec", "load_spec", "parse_spec"]
+__all__ = [
+    "ClusterSpec",
+    "InputSpec",
+    "OutputSpec",
+    "PipelineSpec",
+    "TrainSpec",
+    "load_spec",
+    "load_train_spec",
+    "parse_spec",
+]
 
 
 class _Strict(BaseModel):
@@ -90,6 +99,21 @@ class PipelineSpec(_Strict):
     def stage_entries(self) -> list[tuple[str, StageEntry, Any]]:
         """(name, registry entry, parsed params) for each stage, in spec order."""
         return [(name, STAGES[name], STAGES[name].params.from_dict(raw or {})) for name, raw in self.stages.items()]
+
+
+class TrainSpec(_Strict):
+    """A training run: the screen, the training parameters, where the model goes."""
+
+    name: str
+    input: InputSpec
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainParams fields")
+    model_dir: Path = Path("cellflow-runs/model")
+
+    def params(self) -> Any:
+        """The parsed :class:`~cellflow.nn.train.TrainParams`."""
+        from cellflow.nn.train import TrainParams
+
+        return TrainParams.from_dict(self.train)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -172,8 +196,19 @@ def _offending_key(message: str, raw: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _read_yaml(path: str | Path) -> tuple[Path, Any, yaml.Node | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no spec file at {path}")
+    text = path.read_text()
+    try:
+        return path, yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+
+
 def load_spec(path: str | Path) -> PipelineSpec:
-    """Read and validate a YAML spec (``yaml.safe_load``; never executes tags).
+    """Read and validate a YAML pipeline spec (``yaml.safe_load``; never executes tags).
 
     Raises
     ------
@@ -182,13 +217,27 @@ def load_spec(path: str | Path) -> PipelineSpec:
     SpecError
         Invalid YAML or an invalid spec; the message gives file, line and field.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no spec file at {path}")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    path, data, root = _read_yaml(path)
     return parse_spec(data if data is not None else {}, source=str(path), root=root)
+
+
+def load_train_spec(path: str | Path) -> TrainSpec:
+    """Read and validate a YAML training spec (name, input, train, model_dir)."""
+    path, data, root = _read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{path}: a training spec is a YAML mapping (name, input, train, model_dir)")
+    problems: list[str] = []
+    spec = None
+    try:
+        spec = TrainSpec.model_validate(dict(data))
+    except ValidationError as error:
+        problems += [f"{_where(str(path), root, tuple(e['loc']))}: {e['msg']}" for e in error.errors()]
+    if spec is not None:
+        try:
+            spec.params()
+        except (TypeError, ValueError) as error:
+            key = _offending_key(str(error), spec.train)
+            problems.append(f"{_where(str(path), root, ('train', key) if key else ('train',))}: {error}")
+    if problems or spec is None:
+        raise SpecError("invalid training spec:\n  " + "\n  ".join(problems))
+    return spec

@@ -88,3 +88,19 @@ def test_missing_file(tmp_path):
 def test_parse_without_yaml_tree_still_names_the_field():
     with pytest.raises(SpecError, match=r"spec: cluster.n_workers: Input should be greater than or equal to 1"):
         parse_spec({"name": "x", "input": {"store": "a.zarr"}, "cluster": {"n_workers": 0}})
+
+
+def test_shipped_training_spec_parses_and_bad_training_specs_name_the_line(tmp_path):
+    from pathlib import Path
+
+    from cellflow.pipeline.spec import load_train_spec
+
+    shipped = load_train_spec(Path(__file__).resolve().parents[2] / "specs" / "train-synthetic-nuclei.yaml")
+    params = shipped.params()
+    assert params.model == "resunet" and tuple(params.channels) == ("DNA",) and params.classes == 3
+    bad = tmp_path / "t.yaml"
+    bad.write_text("name: t\ninput: {store: a.zarr}\ntrain:\n  model: resunet\n  classes: 7\nmodel_dirr: x\n")
+    with pytest.raises(SpecError) as info:
+        load_train_spec(bad)
+    message = str(info.value)
+    assert f"{bad}:6: model_dirr: Extra inputs are not permitted" in message
