@@ -126,7 +126,9 @@ def train(
 def segment(
     source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG images, or a screen store")],
     output: Annotated[Path | None, typer.Argument(help="Folder for the label TIFFs (folder input only)")] = None,
-    classical: Annotated[bool, typer.Option(help="Classical Otsu + watershed nuclei (the only method so far)")] = False,
+    classical: Annotated[bool, typer.Option(help="Classical Otsu + watershed nuclei")] = False,
+    model: Annotated[Path | None, typer.Option(help="A trained checkpoint (cellflow train) to segment with")] = None,
+    tile: Annotated[int, typer.Option(help="Tile edge for the network, pixels")] = 512,
     diameter_px: Annotated[float | None, typer.Option(help="Expected nucleus diameter; default: estimated")] = None,
     channel: Annotated[
         str | None, typer.Option(help="Nuclear channel (default 'image' for folders, 'DNA' for stores)")
@@ -141,16 +143,17 @@ def segment(
     from cellflow.pipeline.segment import segment as run_segment
     from cellflow.pipeline.spec import ClusterSpec
 
-    if not classical:
-        raise typer.BadParameter("only --classical segmentation is available in this version", param_hint="--classical")
+    if classical == (model is not None):
+        raise typer.BadParameter("choose --classical or --model CKPT (the shipped model is not in this version)")
     is_store = (source / "zarr.json").is_file()
-    params = AutolabelParams(
+    params = None if model is not None else AutolabelParams(
         nuclear_channel=channel or ("DNA" if is_store else "image"), diameter_px=diameter_px,
         illumination=is_store,
     )
     cluster = ClusterSpec(kind="threads") if workers == 0 else ClusterSpec(n_workers=workers)
     result = run_segment(
-        source, output, params=params, cluster=cluster, scheduler=scheduler, overwrite=overwrite,
+        source, output, params=params, model=model, tile=tile, cluster=cluster, scheduler=scheduler,
+        overwrite=overwrite,
         keep_store=keep_store, console=console,
     )
     if result.label_files:

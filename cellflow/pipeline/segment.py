@@ -77,7 +77,9 @@ def segment(
     source: str | Path,
     output: str | Path | None,
     *,
-    params: Any,
+    params: Any = None,
+    model: str | Path | None = None,
+    tile: int = 512,
     cluster: ClusterSpec | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
@@ -93,8 +95,13 @@ def segment(
         A folder of ``.tif``/``.png`` images, or a screen store.
     output : str or Path or None
         For a folder: the folder for the label TIFFs (created). For a store: None.
-    params : AutolabelParams
+    params : AutolabelParams, optional
         Classical segmentation settings (``nuclear_channel`` is ``'image'`` for folders).
+    model : str or Path, optional
+        A checkpoint: segment with the network instead (tiled prediction, then markers +
+        watershed on its probabilities). Give exactly one of ``params`` and ``model``.
+    tile : int
+        Tile edge for the network (pixels).
     cluster : ClusterSpec, optional
         Where to run (default: a local 2-worker cluster bound to 127.0.0.1).
     scheduler : str, optional
@@ -118,6 +125,12 @@ def segment(
     from cellflow.screen.ingest import ingest_images
     from cellflow.screen.store import Screen
 
+    if (params is None) == (model is None):
+        raise ValueError("segment: give exactly one of params (classical) and model (a checkpoint)")
+    stages = (
+        {"autolabel": params.to_dict()} if model is None
+        else {"predict": {"model": str(model), "tile": tile}, "labels": {}}
+    )
     source = Path(source)
     console = console or Console()
     cluster = cluster or ClusterSpec()
@@ -141,7 +154,7 @@ def segment(
             failed = report.failed
         screen = Screen.open(store)
         spec = PipelineSpec(
-            name="segment", input=InputSpec(store=store), stages={"autolabel": params.to_dict()}, cluster=cluster,
+            name="segment", input=InputSpec(store=store), stages=stages, cluster=cluster,
         )
         graphs = build_graphs(screen, spec)
         results = execute_graphs(graphs, client, console, progress)

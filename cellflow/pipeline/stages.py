@@ -57,6 +57,10 @@ STAGES: dict[str, StageEntry] = {
             "tiled, blended DCNN probabilities from a checkpoint -> `probabilities`",
         ),
         StageEntry(
+            "labels", "cellflow.graph.postprocess:LabelParams", "cellflow.graph.postprocess:build_labels",
+            "instances from stored probabilities (markers + watershed) -> `labels_nuclei`",
+        ),
+        StageEntry(
             "score", "cellflow.graph.score:ScoreParams", "cellflow.graph.score:build_score",
             "Caicedo 2019 object-level scores of `pred` against `truth` -> score tables",
         ),

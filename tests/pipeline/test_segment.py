@@ -76,3 +76,39 @@ def test_a_bad_image_is_named_and_the_rest_are_segmented(folder, tmp_path):
                      cluster=ClusterSpec(kind="threads"), progress=False)
     assert [path for path, _ in result.failed] == [str(bad)]
     assert len(result.label_files) == 3 and not (out / "broken.tif").exists()
+
+
+def test_folder_with_a_model_equals_eager_inference(folder, tmp_path):
+    """--model path: tiled, blended probabilities equal whole-image inference (<= 1e-4, the tiling
+    bar) and each label file equals the post-processing of those probabilities."""
+    import torch
+
+    from cellflow.nn.checkpoint import save_checkpoint
+    from cellflow.nn.models import build_model
+    from cellflow.nn.normalize import Normalization, normalize
+    from cellflow.nn.predict import whole_image_probabilities
+    from cellflow.ops import probabilities_to_labels
+    from cellflow.screen import Screen
+
+    torch.manual_seed(3)
+    model = build_model("resunet", in_channels=1, classes=3).eval()
+    norm = Normalization(method="percentile")
+    save_checkpoint(tmp_path / "m.pt", model, normalization=norm, channels=["image"],
+                    class_names=["background", "interior", "boundary"])
+    out = tmp_path / "labels"
+    result = segment(folder, out, model=tmp_path / "m.pt", tile=96, cluster=ClusterSpec(kind="threads"),
+                     keep_store=tmp_path / "kept.zarr", progress=False)
+    assert not result.failed and len(result.label_files) == 3
+    screen = Screen.open(tmp_path / "kept.zarr")
+    ds = screen.dataset()
+    for key in screen.fields():
+        where = key._asdict()
+        name = str(ds.source_name.sel(plate=key.plate, well=key.well, site=key.site, t=key.t).values)
+        h, w = (int(ds[v].sel(plate=key.plate, well=key.well, site=key.site, t=key.t)) for v in ("extent_y", "extent_x"))
+        image = iio.imread(folder / f"{name}.png")
+        grey = np.rint(image[..., :3].astype(np.float64).mean(axis=-1)) if image.ndim == 3 else image
+        expected = whole_image_probabilities(model, normalize(grey[None].astype(np.float32), norm))
+        stored = screen.read("probabilities", **where)[:, :h, :w]
+        np.testing.assert_allclose(stored, expected, atol=1e-4, rtol=0)
+        labels = tifffile.imread(out / f"{name}.tif")
+        np.testing.assert_array_equal(labels, probabilities_to_labels(stored))

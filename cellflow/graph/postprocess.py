@@ -1,0 +1,90 @@
+"""Graph builder of the post-processing stage: stored ``probabilities`` -> ``labels_nuclei``.
+
+One task per field reads the field's class probabilities (written by the predict
+stage), turns them into instances with
+:func:`~cellflow.ops.postprocess.probabilities_to_labels` (markers from the
+interior, watershed, small objects removed, holes filled) inside the field's extent,
+and writes the labels zero-padded to the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import numpy as np
+
+from cellflow._config import check_keys
+from cellflow.errors import RegionError
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, upstream_of
+from cellflow.metrics import field_extents, select_fields
+from cellflow.ops.postprocess import PostprocessParams, probabilities_to_labels
+from cellflow.screen.layout import DIMS_LABELS
+from cellflow.screen.store import FieldKey, Screen
+
+__all__ = ["LabelParams", "build_labels"]
+
+
+@dataclass(frozen=True)
+class LabelParams:
+    """Which probabilities become which labels, and how."""
+
+    source: str = "probabilities"
+    output: str = "labels_nuclei"
+    postprocess: PostprocessParams = field(default_factory=PostprocessParams)
+
+    def __post_init__(self) -> None:
+        if not self.output.startswith("labels_"):
+            raise ValueError(f"LabelParams.output must be a labels_* variable, got {self.output!r}")
+        if isinstance(self.postprocess, Mapping):
+            object.__setattr__(self, "postprocess", PostprocessParams.from_dict(self.postprocess))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict; :meth:`from_dict` inverts it."""
+        return {"source": self.source, "output": self.output, "postprocess": self.postprocess.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabelParams:
+        """Params from a spec mapping, naming unknown keys."""
+        check_keys(cls, data)
+        return cls(**dict(data))
+
+
+def _label_task(
+    screen: Screen, key: FieldKey, params: LabelParams, extent: tuple[int, int] | None, *upstream: object
+) -> TaskResult:
+    where = key._asdict()
+    probabilities = screen.read(params.source, **where)
+    if extent is not None:
+        probabilities = probabilities[:, : extent[0], : extent[1]]
+    labels = probabilities_to_labels(probabilities, params.postprocess)
+    full = np.zeros(screen.layout.shape_yx, np.uint32)
+    full[: labels.shape[0], : labels.shape[1]] = labels
+    records = screen.write(params.output, full, **where)
+    row = {**where, "objects": int(labels.max())}
+    return TaskResult(stage="labels", field=key, records=tuple(records), rows=(row,))
+
+
+def build_labels(
+    screen: Screen, params: LabelParams, *, after: StageGraph | None = None, fields: Iterable[FieldKey] | None = None
+) -> StageGraph:
+    """Build (compute nothing) one post-processing task per field, after its predict task.
+
+    Raises
+    ------
+    RegionError
+        ``params.source`` is not in the store and no upstream stage writes it.
+    """
+    upstream_outputs = {v.name for v in after.outputs} if after is not None else set()
+    if params.source not in screen.variables and params.source not in upstream_outputs:
+        raise RegionError(f"labels: {screen.path} has no variable {params.source!r} (run the predict stage first)")
+    extents = field_extents(screen)
+    task = dask.delayed(_label_task, pure=True)
+    by_field = {
+        key: task(screen, key, params, extents.get(key), *upstream_of(after, key))
+        for key in select_fields(screen, fields)
+    }
+    output = VariableSpec(params.output, DIMS_LABELS, "uint32")
+    return StageGraph(name="labels", outputs=(output,), tasks=tuple(by_field.values()), by_field=by_field)
