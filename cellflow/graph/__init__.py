@@ -7,6 +7,7 @@ from cellflow.graph.autolabel import AutolabelParams, build_autolabel
 from cellflow.graph.illumination import IlluminationParams, build_illumination, correct
 from cellflow.graph.predict import PredictParams, build_predict
 from cellflow.graph.score import ScoreParams, build_score
+from cellflow.graph.stitch import halo_for_diameter, segment_large
 
 __all__ = [
     "AutolabelParams",
@@ -21,5 +22,7 @@ __all__ = [
     "build_predict",
     "build_score",
     "correct",
+    "halo_for_diameter",
+    "segment_large",
     "upstream_of",
 ]
