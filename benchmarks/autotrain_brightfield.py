@@ -1,0 +1,240 @@
+"""Auto-label training (Sadanandan et al. 2017): a bright-field network taught by the stains.
+
+The paper's idea: segment the nuclei classically in the fluorescence stains, use those
+labels to train a network that sees only the bright-field planes, and the network then
+segments nuclei without any stain. The issue's bar: on a synthetic screen, the network
+trained on the auto labels reaches >= 90 % of the average F1 of the same network trained on
+the synthetic truth, both scored against the truth on wells used neither for training nor
+for validation.
+
+Steps, all on one seeded synthetic plate (channels DNA, Cyto, BF; 3 z planes):
+
+1. ``run_spec`` with the stages ``illumination`` and ``autolabel`` (``diameter_um: 16``) on
+   the threaded scheduler writes ``labels_nuclei`` from the DNA and Cyto stains.
+2. The same :class:`~cellflow.nn.train.TrainParams` (same seed, same training wells), input
+   ``BF`` with ``z='all'`` (the 3 planes as 3 input channels), 3 classes, train twice:
+   (a) ``target='labels_nuclei'`` and (b) ``target='truth_nuclei'``. Each validates (early
+   stopping, checkpoint choice) on one well against *its own target*: (a) never sees the
+   truth, as in the paper, where none exists at training time.
+3. Each checkpoint predicts the test wells through :func:`~cellflow.graph.predict.build_predict`
+   (tiled, blended), :func:`~cellflow.ops.postprocess.probabilities_to_labels` makes instances,
+   and :func:`~cellflow.metrics.score_field` scores them against ``truth_nuclei``. Average F1 =
+   mean over IoU 0.50..0.90, then mean over the test fields. The classical auto labels are
+   scored on the same fields for context.
+
+Prints a table and writes ``benchmarks/results/autotrain_brightfield.json``.
+
+Usage::
+
+    python benchmarks/autotrain_brightfield.py [--epochs 16] [--steps 50] [--width 16] [--levels 4]
+           [--size 256] [--wells 8] [--train-wells 4] [--sites 2] [--threads 1] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import torch
+
+from cellflow.graph.predict import PredictParams, build_predict
+from cellflow.metrics import score_field
+from cellflow.nn.augment import AugmentParams
+from cellflow.nn.train import TrainParams, TrainResult, train
+from cellflow.ops.postprocess import probabilities_to_labels
+from cellflow.pipeline import parse_spec, run_spec
+from cellflow.screen.store import FieldKey, Screen
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "autotrain_brightfield.json"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Disjoint wells: the networks learn on ``train``, stop early on ``validation``, are scored on ``test``."""
+
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        wells = [*self.train, *self.validation, *self.test]
+        if len(set(wells)) != len(wells) or not (self.train and self.validation and self.test):
+            raise ValueError(f"Split needs non-empty, disjoint train/validation/test wells, got {self!r}")
+
+    @property
+    def wells(self) -> tuple[str, ...]:
+        return (*self.train, *self.validation, *self.test)
+
+
+def classical_labels(store: Path, tables: Path, *, wells: Sequence[str], sites: int, shape_yx: tuple[int, int],
+                     nuclei_per_field: int, seed: int) -> tuple[Screen, float]:
+    """Synthesise the plate and auto-label it from the stains through ``run_spec``; (screen, seconds)."""
+    spec = parse_spec({
+        "name": "autotrain-brightfield",
+        "input": {"store": str(store), "reuse": False,
+                  "synthetic": {"wells": list(wells), "sites": sites, "shape_yx": list(shape_yx),
+                                "channels": ["DNA", "Cyto", "BF"], "n_z": 3,
+                                "nuclei_per_field": nuclei_per_field, "seed": seed}},
+        "stages": {"illumination": {},
+                   "autolabel": {"nuclear_channel": "DNA", "cytoplasm_channel": "Cyto", "diameter_um": 16}},
+        "output": {"tables": str(tables)},
+        "cluster": {"kind": "threads"},
+    })
+    started = time.perf_counter()
+    result = run_spec(spec, progress=False)
+    return result.screen, time.perf_counter() - started
+
+
+def base_params(split: Split, *, epochs: int, steps: int, width: int, levels: int, seed: int) -> TrainParams:
+    """The shared training settings; only ``target``/``truth`` differ between the two runs."""
+    return TrainParams(
+        model="resunet", model_options={"width": width, "levels": levels}, channels=("BF",), z="all", classes=3,
+        augment=AugmentParams(p_elastic=0.0), crop_size=128, batch_size=4, optimizer="adam",
+        learning_rate=2e-3, schedule="cosine", epochs=epochs, steps_per_epoch=steps, patience=None,
+        train_wells=split.train, validation_wells=split.validation, seed=seed,
+    )
+
+
+def held_out_fields(screen: Screen, wells: Sequence[str]) -> list[FieldKey]:
+    """The fields of ``wells`` (the test wells: neither trained nor validated on)."""
+    return [key for key in screen.fields() if key.well in wells]
+
+
+def predicted_labels(screen: Screen, checkpoint: Path, fields: Sequence[FieldKey],
+                     params: TrainParams, threads: int) -> dict[FieldKey, np.ndarray]:
+    """Predict ``fields`` with the checkpoint (written to ``probabilities``), then instances per field."""
+    graph = build_predict(screen, PredictParams(model=str(checkpoint), tile=256, z="all", threads=threads),
+                          fields=fields)
+    graph.create_outputs(screen)
+    dask.compute(*graph.tasks, scheduler="synchronous")
+    return {key: probabilities_to_labels(screen.read("probabilities", **key._asdict()), params.postprocess)
+            for key in fields}
+
+
+def mean_f1(screen: Screen, labels: dict[FieldKey, np.ndarray]) -> dict[str, Any]:
+    """Average F1 (mean over IoU 0.50..0.90, then over fields) against ``truth_nuclei``; per field too."""
+    scores = [score_field(screen.read("truth_nuclei", **key._asdict()), pred) for key, pred in labels.items()]
+    return {"f1_mean": float(np.mean([s.f1_mean for s in scores])),
+            "per_field": [round(float(s.f1_mean), 4) for s in scores]}
+
+
+def _run(result: TrainResult, f1: dict[str, Any], seconds: float) -> dict[str, Any]:
+    return {"test": f1, "best_epoch": result.best_epoch, "best_val_f1": result.best_f1,
+            "initial_val_f1": result.initial_f1, "val_f1": [round(r.val_f1, 4) for r in result.history],
+            "loss": [round(r.loss, 4) for r in result.history],
+            "train_wells": _wells(result.train_fields), "validation_wells": _wells(result.validation_fields),
+            "train_fields": len(result.train_fields), "validation_fields": len(result.validation_fields),
+            "train_seconds": round(seconds, 1)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plate, the split and the training budget (the command-line options)."""
+
+    wells: int = 8
+    train_wells: int = 4
+    sites: int = 2
+    size: int = 256
+    nuclei_per_field: int = 400
+    epochs: int = 16
+    steps: int = 50
+    width: int = 16
+    levels: int = 4
+    seed: int = 2017
+    threads: int = 1
+
+    def split(self) -> Split:
+        """Wells A01.. : the first ``train_wells`` train, the next one validates, the rest test."""
+        wells = tuple(f"A{i:02d}" for i in range(1, self.wells + 1))
+        return Split(train=wells[: self.train_wells], validation=wells[self.train_wells: self.train_wells + 1],
+                     test=wells[self.train_wells + 1:])
+
+
+def _wells(records: Sequence[Sequence[Any]]) -> list[str]:
+    return sorted({str(record[2]) for record in records})  # (screen_id, plate, well, site, t)
+
+
+def compare(workdir: Path, settings: Settings) -> dict[str, Any]:
+    """The whole measurement in ``workdir``; returns the JSON-able result."""
+    split = settings.split()
+    screen, classical_s = classical_labels(
+        workdir / "plate.zarr", workdir / "tables", wells=split.wells, sites=settings.sites,
+        shape_yx=(settings.size, settings.size), nuclei_per_field=settings.nuclei_per_field, seed=settings.seed)
+    fields = held_out_fields(screen, split.test)
+    base = base_params(split, epochs=settings.epochs, steps=settings.steps, width=settings.width,
+                       levels=settings.levels, seed=settings.seed)
+    runs: dict[str, dict[str, Any]] = {}
+    # (a) the paper's setting: no truth at training time, so it validates on its own auto labels.
+    for name, params in (("auto", replace(base, target="labels_nuclei", truth="labels_nuclei")),
+                         ("truth", replace(base, target="truth_nuclei", truth="truth_nuclei"))):
+        started = time.perf_counter()
+        result = train(screen, params, out=workdir / name)
+        seconds = time.perf_counter() - started
+        labels = predicted_labels(screen, result.checkpoint, fields, params, settings.threads)
+        runs[name] = _run(result, mean_f1(screen, labels), seconds)
+    classical = mean_f1(screen, {key: screen.read("labels_nuclei", **key._asdict()) for key in fields})
+    f1_auto, f1_truth = runs["auto"]["test"]["f1_mean"], runs["truth"]["test"]["f1_mean"]
+    return {
+        "benchmark": "autotrain_brightfield",
+        "settings": asdict(settings),
+        "split": {"train": split.train, "validation": split.validation, "test": split.test,
+                  "test_wells_scored": sorted({key.well for key in fields}), "test_fields": len(fields)},
+        "classical_seconds": round(classical_s, 1),
+        "params": base.to_dict(),
+        "f1_auto": f1_auto, "f1_truth": f1_truth,
+        "ratio": f1_auto / f1_truth if f1_truth > 0 else None,
+        "f1_classical_auto_labels": classical["f1_mean"], "classical_per_field": classical["per_field"],
+        "runs": runs,
+    }
+
+
+def print_report(result: dict[str, Any]) -> None:
+    split = result["split"]
+    print(f"\nBright-field nuclei, trained on wells {', '.join(split['train'])}, validated on "
+          f"{', '.join(split['validation'])}, scored against truth_nuclei on {', '.join(split['test'])} "
+          f"({split['test_fields']} fields)")
+    print(f"{'':<40} {'test avgF1':>10} {'val F1':>7} {'best ep':>7} {'train s':>8}")
+    for name, label in (("auto", "(a) target labels_nuclei (auto, stains)"),
+                        ("truth", "(b) target truth_nuclei")):
+        run = result["runs"][name]
+        print(f"{label:<40} {run['test']['f1_mean']:>10.3f} {run['best_val_f1']:>7.3f} "
+              f"{run['best_epoch']:>7} {run['train_seconds']:>8.1f}")
+    print(f"{'classical auto labels themselves':<40} {result['f1_classical_auto_labels']:>10.3f}")
+    ratio = "n/a (F1_truth is 0)" if result["ratio"] is None else f"{result['ratio']:.3f}"
+    print(f"\nratio F1_auto / F1_truth = {ratio}  (bar >= 0.90)")
+
+
+def main() -> None:
+    default = Settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    helps = {"wells": "wells A01.. (train wells, then 1 validation well, the rest test)",
+             "size": "field side in pixels", "nuclei_per_field": "per 1024 x 1024 (scaled by the area)",
+             "width": "resunet width", "levels": "resunet levels", "threads": "torch CPU threads"}
+    for name, value in asdict(default).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=helps.get(name))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    settings = Settings(**{name: getattr(args, name) for name in asdict(default)})
+    torch.set_num_threads(settings.threads)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cellflow-autotrain-") as tmp:
+        result = compare(Path(tmp), settings)
+    result.update(seconds=round(time.perf_counter() - started, 1), python=platform.python_version(),
+                  torch=torch.__version__)
+    print_report(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
