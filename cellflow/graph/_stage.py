@@ -15,15 +15,17 @@ so a stage whose upstream is already complete can run on its own (resume).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 from dask.delayed import Delayed
 
+from cellflow.metrics import field_extents, select_fields
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen
 
-__all__ = ["StageGraph", "TaskResult", "VariableSpec", "upstream_of"]
+__all__ = ["StageGraph", "TaskResult", "VariableSpec", "per_field_graph", "upstream_of"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,26 @@ def upstream_of(after: StageGraph | None, key: FieldKey | None = None) -> tuple[
     if key is not None and key in after.by_field:
         return (after.by_field[key],)
     return after.tasks
+
+
+def per_field_graph(
+    name: str,
+    task: Callable[..., TaskResult],
+    screen: Screen,
+    params: Any,
+    *,
+    after: StageGraph | None,
+    fields: Iterable[Sequence[Any]] | None,
+    outputs: tuple[VariableSpec, ...] = (),
+) -> StageGraph:
+    """One ``task(screen, key, params, extent, *upstream)`` per field, each after its upstream task.
+
+    ``extent`` is the field's valid (height, width) for padded stores, else None.
+    """
+    extents = field_extents(screen)
+    delayed = dask.delayed(task, pure=True)
+    by_field = {
+        key: delayed(screen, key, params, extents.get(key), *upstream_of(after, key))
+        for key in select_fields(screen, fields)
+    }
+    return StageGraph(name=name, outputs=outputs, tasks=tuple(by_field.values()), by_field=by_field)

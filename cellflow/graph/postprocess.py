@@ -13,13 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import numpy as np
 
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, upstream_of
-from cellflow.metrics import field_extents, select_fields
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, per_field_graph
 from cellflow.ops.postprocess import PostprocessParams, probabilities_to_labels
 from cellflow.screen.layout import DIMS_LABELS
 from cellflow.screen.store import FieldKey, Screen
@@ -80,11 +78,5 @@ def build_labels(
     upstream_outputs = {v.name for v in after.outputs} if after is not None else set()
     if params.source not in screen.variables and params.source not in upstream_outputs:
         raise RegionError(f"labels: {screen.path} has no variable {params.source!r} (run the predict stage first)")
-    extents = field_extents(screen)
-    task = dask.delayed(_label_task, pure=True)
-    by_field = {
-        key: task(screen, key, params, extents.get(key), *upstream_of(after, key))
-        for key in select_fields(screen, fields)
-    }
     output = VariableSpec(params.output, DIMS_LABELS, "uint32")
-    return StageGraph(name="labels", outputs=(output,), tasks=tuple(by_field.values()), by_field=by_field)
+    return per_field_graph("labels", _label_task, screen, params, after=after, fields=fields, outputs=(output,))

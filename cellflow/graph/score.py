@@ -6,12 +6,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
-
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, upstream_of
-from cellflow.metrics import ScoreOptions, field_extents, score_stored_field, select_fields
+from cellflow.graph._stage import StageGraph, TaskResult, per_field_graph
+from cellflow.metrics import ScoreOptions, score_stored_field
 from cellflow.screen.store import FieldKey, Screen
 
 __all__ = ["ScoreParams", "build_score"]
@@ -84,10 +82,4 @@ def build_score(
     for name in {name for pair in params.pairs for name in pair}:
         if name not in screen.variables:
             raise RegionError(f"score: {screen.path} has no variable {name!r}; it has {list(screen.variables)!r}")
-    extents = field_extents(screen)
-    task = dask.delayed(_score_task, pure=True)
-    by_field = {
-        key: task(screen, key, params, extents.get(key), *upstream_of(after, key))
-        for key in select_fields(screen, fields)
-    }
-    return StageGraph(name="score", outputs=(), tasks=tuple(by_field.values()), by_field=by_field)
+    return per_field_graph("score", _score_task, screen, params, after=after, fields=fields)

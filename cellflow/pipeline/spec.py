@@ -158,9 +158,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "spec", root: yaml.Node
     try:
         spec = PipelineSpec.model_validate(dict(data))
     except ValidationError as error:
-        for err in error.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            problems.append(f"{_where(source, root, loc)}: {err['msg']}")
+        problems += _validation_problems(error, source, root)
     stages = data.get("stages") or {}
     if isinstance(stages, Mapping):
         problems.extend(_stage_problems(stages, source, root))
@@ -182,10 +180,25 @@ def _stage_problems(stages: Mapping[str, Any], source: str, root: yaml.Node | No
         try:
             STAGES[name].params.from_dict(raw or {})
         except (TypeError, ValueError) as error:
-            key = _offending_key(str(error), raw or {})
-            loc = ("stages", name, key) if key else ("stages", name)
-            problems.append(f"{_where(source, root, loc)}: {error}")
+            problems.append(_param_problem(error, raw or {}, ("stages", name), source, root))
     return problems
+
+
+def _validation_problems(error: ValidationError, source: str, root: yaml.Node | None) -> list[str]:
+    """One ``file:line: path: message`` per pydantic error (validator frames dropped from the path)."""
+    problems = []
+    for err in error.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        problems.append(f"{_where(source, root, loc)}: {err['msg']}")
+    return problems
+
+
+def _param_problem(
+    error: Exception, raw: Mapping[str, Any], base: tuple[str, ...], source: str, root: yaml.Node | None
+) -> str:
+    """A params class's error, pointed at the line of the key it names (else at ``base``)."""
+    key = _offending_key(str(error), raw)
+    return f"{_where(source, root, (*base, key) if key else base)}: {error}"
 
 
 def _offending_key(message: str, raw: Mapping[str, Any]) -> str | None:
@@ -231,13 +244,12 @@ def load_train_spec(path: str | Path) -> TrainSpec:
     try:
         spec = TrainSpec.model_validate(dict(data))
     except ValidationError as error:
-        problems += [f"{_where(str(path), root, tuple(e['loc']))}: {e['msg']}" for e in error.errors()]
+        problems += _validation_problems(error, str(path), root)
     if spec is not None:
         try:
             spec.params()
         except (TypeError, ValueError) as error:
-            key = _offending_key(str(error), spec.train)
-            problems.append(f"{_where(str(path), root, ('train', key) if key else ('train',))}: {error}")
+            problems.append(_param_problem(error, spec.train, ("train",), str(path), root))
     if problems or spec is None:
         raise SpecError("invalid training spec:\n  " + "\n  ".join(problems))
     return spec
