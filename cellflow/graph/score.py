@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
@@ -12,7 +15,7 @@ from cellflow.graph._stage import StageGraph, TaskResult, per_field_graph
 from cellflow.metrics import ScoreOptions, score_stored_field
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["ScoreParams", "build_score"]
+__all__ = ["ScoreParams", "build_score", "score_tables"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,28 @@ def build_score(
         if name not in screen.variables:
             raise RegionError(f"score: {screen.path} has no variable {name!r}; it has {list(screen.variables)!r}")
     return per_field_graph("score", _score_task, screen, params, after=after, fields=fields)
+
+
+def score_tables(
+    rows: Sequence[Mapping[str, Any]], out_dir: Path
+) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Score rows -> per-field/well/plate tables, one set per scored label variable.
+
+    Tables are keyed ``'<labels>/<level>'`` (e.g. ``'labels_nuclei/wells'``) and written
+    to ``out_dir/<labels>/scores_<level>.parquet``.
+    """
+    if not rows:
+        return {}, {}
+    from cellflow.metrics import summarise, write_tables
+
+    tables: dict[str, pd.DataFrame] = {}
+    paths: dict[str, Path] = {}
+    everything = pd.DataFrame(list(rows))
+    for labels, group in everything.groupby("labels", sort=True):
+        fields = group.drop(columns="labels").reset_index(drop=True)
+        for level, path in write_tables(fields, Path(out_dir) / str(labels)).items():
+            paths[f"{labels}/{level}"] = path
+        tables[f"{labels}/fields"] = fields
+        tables[f"{labels}/wells"] = summarise(fields, by=("plate", "well"))
+        tables[f"{labels}/plates"] = summarise(fields, by=("plate",))
+    return tables, paths

@@ -176,27 +176,23 @@ def record_chunks(screen: Screen, results: Sequence[TaskResult]) -> dict[str, in
     return {name: screen.ledger(name).mark(records) for name, records in sorted(by_variable.items())}
 
 
-def _tables(results: Sequence[TaskResult], out_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
-    """Score rows -> per-field/well/plate tables, one set per scored label variable.
-
-    Tables are keyed ``'<labels>/<level>'`` (e.g. ``'labels_nuclei/wells'``) and written
-    to ``out_dir/<labels>/scores_<level>.parquet``.
-    """
-    rows = [row for r in results if r.stage == "score" for row in r.rows]
-    if not rows:
-        return {}, {}
-    from cellflow.metrics import summarise, write_tables
+def _tables(
+    graphs: Sequence[StageGraph], results: Sequence[TaskResult], out_dir: Path
+) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Each stage's rows through its registered table writer (``StageEntry.tables``)."""
+    from cellflow.pipeline.stages import STAGES
 
     tables: dict[str, pd.DataFrame] = {}
     paths: dict[str, Path] = {}
-    everything = pd.DataFrame(rows)
-    for labels, group in everything.groupby("labels", sort=True):
-        fields = group.drop(columns="labels").reset_index(drop=True)
-        for level, path in write_tables(fields, out_dir / str(labels)).items():
-            paths[f"{labels}/{level}"] = path
-        tables[f"{labels}/fields"] = fields
-        tables[f"{labels}/wells"] = summarise(fields, by=("plate", "well"))
-        tables[f"{labels}/plates"] = summarise(fields, by=("plate",))
+    for name in dict.fromkeys(g.name for g in graphs):
+        entry = STAGES.get(name)
+        writer = None if entry is None else entry.tables
+        if writer is None:
+            continue
+        rows = [row for r in results if r.stage == name and r.error is None for row in r.rows]
+        stage_tables, stage_paths = writer(rows, out_dir)
+        tables.update(stage_tables)
+        paths.update(stage_paths)
     return tables, paths
 
 
@@ -236,7 +232,7 @@ def run_spec(
         results = execute_graphs(graphs, client, console, progress)
         seconds["compute"] = time.perf_counter() - start
     chunks = record_chunks(screen, results)
-    tables, paths = _tables(results, Path(spec.output.tables))
+    tables, paths = _tables(graphs, results, Path(spec.output.tables))
     result = RunResult(
         screen=screen, tables=tables, table_paths=paths, tasks={g.name: len(g.tasks) for g in graphs},
         chunks_recorded=chunks, seconds=seconds, dashboard=dashboard,

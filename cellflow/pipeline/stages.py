@@ -28,6 +28,10 @@ class StageEntry:
     params_target: str
     build_target: str
     doc: str
+    #: ``"module:function"`` turning the stage's table rows into Parquet tables:
+    #: ``tables(rows: Sequence[Mapping], out_dir: Path) -> (dict[str, DataFrame], dict[str, Path])``,
+    #: keys ``'<group>/<level>'``; None for stages that return no rows.
+    tables_target: str | None = None
 
     @property
     def params(self) -> Any:
@@ -38,6 +42,11 @@ class StageEntry:
     def build(self) -> Callable[..., Any]:
         """The graph builder."""
         return _load(self.build_target)  # type: ignore[no-any-return]
+
+    @property
+    def tables(self) -> Callable[..., Any] | None:
+        """The table writer, or None."""
+        return None if self.tables_target is None else _load(self.tables_target)  # type: ignore[no-any-return]
 
 
 STAGES: dict[str, StageEntry] = {
@@ -63,6 +72,7 @@ STAGES: dict[str, StageEntry] = {
         StageEntry(
             "score", "cellflow.graph.score:ScoreParams", "cellflow.graph.score:build_score",
             "Caicedo 2019 object-level scores of `pred` against `truth` -> score tables",
+            tables_target="cellflow.graph.score:score_tables",
         ),
     )
 }
