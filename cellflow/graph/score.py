@@ -89,7 +89,7 @@ def build_score(
 
 
 def score_tables(
-    rows: Sequence[Mapping[str, Any]], out_dir: Path
+    rows: Sequence[Mapping[str, Any]], out_dir: Path, params: ScoreParams | None = None
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
     """Score rows -> per-field/well/plate tables, one set per scored label variable.
 

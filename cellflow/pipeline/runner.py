@@ -177,20 +177,17 @@ def record_chunks(screen: Screen, results: Sequence[TaskResult]) -> dict[str, in
 
 
 def _tables(
-    graphs: Sequence[StageGraph], results: Sequence[TaskResult], out_dir: Path
+    spec: PipelineSpec, results: Sequence[TaskResult], out_dir: Path
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
     """Each stage's rows through its registered table writer (``StageEntry.tables``)."""
-    from cellflow.pipeline.stages import STAGES
-
     tables: dict[str, pd.DataFrame] = {}
     paths: dict[str, Path] = {}
-    for name in dict.fromkeys(g.name for g in graphs):
-        entry = STAGES.get(name)
-        writer = None if entry is None else entry.tables
+    for name, entry, params in spec.stage_entries():
+        writer = entry.tables
         if writer is None:
             continue
         rows = [row for r in results if r.stage == name and r.error is None for row in r.rows]
-        stage_tables, stage_paths = writer(rows, out_dir)
+        stage_tables, stage_paths = writer(rows, out_dir, params)
         tables.update(stage_tables)
         paths.update(stage_paths)
     return tables, paths
@@ -232,7 +229,7 @@ def run_spec(
         results = execute_graphs(graphs, client, console, progress)
         seconds["compute"] = time.perf_counter() - start
     chunks = record_chunks(screen, results)
-    tables, paths = _tables(graphs, results, Path(spec.output.tables))
+    tables, paths = _tables(spec, results, Path(spec.output.tables))
     result = RunResult(
         screen=screen, tables=tables, table_paths=paths, tasks={g.name: len(g.tasks) for g in graphs},
         chunks_recorded=chunks, seconds=seconds, dashboard=dashboard,

@@ -29,7 +29,7 @@ class StageEntry:
     build_target: str
     doc: str
     #: ``"module:function"`` turning the stage's table rows into Parquet tables:
-    #: ``tables(rows: Sequence[Mapping], out_dir: Path) -> (dict[str, DataFrame], dict[str, Path])``,
+    #: ``tables(rows: Sequence[Mapping], out_dir: Path, params) -> (dict[str, DataFrame], dict[str, Path])``,
     #: keys ``'<group>/<level>'``; None for stages that return no rows.
     tables_target: str | None = None
 
