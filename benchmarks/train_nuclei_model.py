@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
+from cellflow.nn.augment import AugmentParams
 from cellflow.nn.normalize import Normalization
+from cellflow.ops.postprocess import PostprocessParams
 from cellflow.nn.train import TrainParams, train
 from cellflow.screen import ingest_nuclei_pairs
 from cellflow.screen.store import Screen
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--model", default="resunet")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--patience", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -46,8 +49,12 @@ def main() -> None:
     params = TrainParams(
         model=args.model, model_options={"width": args.width}, channels=("image",), classes=3,
         normalization=Normalization(method="percentile", low=1.0, high=99.8),
+        # zoom 0.5-2x: the test images' nuclei range from a few to ~40 px across; shrink_px=1 undoes
+        # the boundary band the 3-class targets put one pixel outside each contour
+        augment=AugmentParams(p_scale=0.6, scale_range=(0.5, 2.0)),
+        postprocess=PostprocessParams(shrink_px=1),
         crop_size=192, batch_size=8, optimizer="adam", learning_rate=2e-3, schedule="cosine",
-        epochs=args.epochs, steps_per_epoch=args.steps, patience=10, validation_fraction=0.2, seed=2017,
+        epochs=args.epochs, steps_per_epoch=args.steps, patience=args.patience, validation_fraction=0.2, seed=2017,
     )
     start = time.perf_counter()
     result = train(screen, params, out=args.out, log=print)

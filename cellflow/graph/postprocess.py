@@ -10,7 +10,7 @@ and writes the labels zero-padded to the field.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,9 @@ from cellflow.errors import RegionError
 from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, per_field_graph
 from cellflow.ops.postprocess import PostprocessParams, probabilities_to_labels
 from cellflow.screen.layout import DIMS_LABELS
-from cellflow.screen.store import FieldKey, Screen
+from cellflow.screen.store import ChunkRecord, FieldKey, Screen
 
-__all__ = ["LabelParams", "build_labels"]
+__all__ = ["LabelParams", "build_labels", "write_field_labels"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class LabelParams:
 
     source: str = "probabilities"
     output: str = "labels_nuclei"
-    postprocess: PostprocessParams = field(default_factory=PostprocessParams)
+    #: None: the settings the model was trained with (the ``postprocess`` attribute the
+    #: predict stage stores with the probabilities), else the defaults.
+    postprocess: PostprocessParams | None = None
 
     def __post_init__(self) -> None:
         if not self.output.startswith("labels_"):
@@ -41,13 +43,33 @@ class LabelParams:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; :meth:`from_dict` inverts it."""
-        return {"source": self.source, "output": self.output, "postprocess": self.postprocess.to_dict()}
+        return {"source": self.source, "output": self.output,
+                "postprocess": None if self.postprocess is None else self.postprocess.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LabelParams:
         """Params from a spec mapping, naming unknown keys."""
         check_keys(cls, data)
         return cls(**dict(data))
+
+
+def _trained_postprocess(screen: Screen, source: str, after: StageGraph | None) -> PostprocessParams:
+    """The post-processing the model behind ``source`` was trained with (its stored attrs), else defaults."""
+    attrs: Mapping[str, Any] = {}
+    upstream = {v.name: v for v in after.outputs} if after is not None else {}
+    if source in upstream and upstream[source].attrs is not None:
+        attrs = upstream[source].attrs or {}
+    elif source in screen.variables:
+        attrs = screen.dataset()[source].attrs
+    settings = attrs.get("postprocess") or {}
+    return PostprocessParams.from_dict(settings) if settings else PostprocessParams()
+
+
+def write_field_labels(screen: Screen, key: FieldKey, labels: np.ndarray, output: str) -> tuple[ChunkRecord, ...]:
+    """Write one field's labels (its valid extent, top left) zero-padded to the field into ``output``."""
+    full = np.zeros(screen.layout.shape_yx, np.uint32)
+    full[: labels.shape[0], : labels.shape[1]] = labels
+    return tuple(screen.write(output, full, **key._asdict()))
 
 
 def _label_task(
@@ -57,12 +79,11 @@ def _label_task(
     probabilities = screen.read(params.source, **where)
     if extent is not None:
         probabilities = probabilities[:, : extent[0], : extent[1]]
+    assert params.postprocess is not None  # build_labels resolves it
     labels = probabilities_to_labels(probabilities, params.postprocess)
-    full = np.zeros(screen.layout.shape_yx, np.uint32)
-    full[: labels.shape[0], : labels.shape[1]] = labels
-    records = screen.write(params.output, full, **where)
+    records = write_field_labels(screen, key, labels, params.output)
     row = {**where, "objects": int(labels.max())}
-    return TaskResult(stage="labels", field=key, records=tuple(records), rows=(row,))
+    return TaskResult(stage="labels", field=key, records=records, rows=(row,))
 
 
 def build_labels(
@@ -78,5 +99,7 @@ def build_labels(
     upstream_outputs = {v.name for v in after.outputs} if after is not None else set()
     if params.source not in screen.variables and params.source not in upstream_outputs:
         raise RegionError(f"labels: {screen.path} has no variable {params.source!r} (run the predict stage first)")
+    if params.postprocess is None:
+        params = replace(params, postprocess=_trained_postprocess(screen, params.source, after))
     output = VariableSpec(params.output, DIMS_LABELS, "uint32")
     return per_field_graph("labels", _label_task, screen, params, after=after, fields=fields, outputs=(output,))

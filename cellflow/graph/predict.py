@@ -41,7 +41,7 @@ from cellflow.nn.normalize import normalize
 from cellflow.nn.predict import WINDOWS, cached_model, predict_plane, set_worker_threads
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["PredictParams", "build_predict"]
+__all__ = ["FieldPlan", "PredictParams", "build_predict", "field_probabilities", "plan_fields"]
 
 _STAGE = "predict"
 _OUTPUT = "probabilities"
@@ -148,8 +148,8 @@ class PredictParams:
 
 
 @dataclass(frozen=True)
-class _FieldPlan:
-    """What one task needs besides the screen and the params, fixed on the client."""
+class FieldPlan:
+    """What one field's task needs besides the screen and the params, fixed on the client."""
 
     key: FieldKey
     channels: tuple[str, ...]  # distinct checkpoint channels, in order
@@ -187,6 +187,21 @@ def _check_classes(screen: Screen, checkpoint: Checkpoint) -> None:
                          f"the model predicts {list(checkpoint.class_names)!r}")
 
 
+def plan_fields(screen: Screen, params: PredictParams,
+                fields: Iterable[FieldKey] | None = None) -> tuple[Checkpoint, tuple[FieldPlan, ...]]:
+    """Client side of a per-field prediction: the checkpoint (names and sizes; nothing is
+    built) and one :class:`FieldPlan` per field, after checking the model against the store.
+
+    Raises
+    ------
+    As :func:`build_predict`, except for the classes check.
+    """
+    checkpoint = load_checkpoint(params.model)
+    channels = _input_channels(screen, params, checkpoint)
+    extents = field_extents(screen)
+    return checkpoint, tuple(FieldPlan(key, channels, extents.get(key)) for key in select_fields(screen, fields))
+
+
 def build_predict(screen: Screen, params: PredictParams, *, after: StageGraph | None = None,
                   fields: Iterable[FieldKey] | None = None) -> StageGraph:
     """Lazy tasks that predict every field's class probabilities with a trained network.
@@ -216,20 +231,19 @@ def build_predict(screen: Screen, params: PredictParams, *, after: StageGraph | 
     RegionError
         A field is not in the screen.
     """
-    checkpoint = load_checkpoint(params.model)  # client side: names and sizes only, nothing is built
-    channels = _input_channels(screen, params, checkpoint)
+    checkpoint, plans = plan_fields(screen, params, fields)
     _check_classes(screen, checkpoint)
-    keys = select_fields(screen, fields)
-    extents = field_extents(screen)
     output = VariableSpec(
         _OUTPUT, _DIMS, "float32", coords={"class": list(checkpoint.class_names)},
         attrs={"description": "class probabilities of a trained network (softmax, tiled and blended)",
-               "model_sha256": checkpoint.sha256},
+               "model_sha256": checkpoint.sha256,
+               # how the model's training turned these into labels: the labels stage's default
+               "postprocess": dict(checkpoint.metadata.get("params", {}).get("postprocess") or {})},
     )
     token = tokenize(str(screen.path), params.to_dict(), checkpoint.sha256)
     by_field: dict[FieldKey, Any] = {}
-    for key in keys:
-        plan = _FieldPlan(key, channels, extents.get(key))
+    for plan in plans:
+        key = plan.key
         name = f"{_STAGE}-{token}-{key.plate}-{key.well}-{key.site}-{key.t:g}"
         by_field[key] = delayed(_predict_field)(screen, params, plan, *upstream_of(after, key), dask_key_name=name)
     return StageGraph(_STAGE, (output,), tuple(by_field.values()), by_field)
@@ -259,19 +273,30 @@ def field_input(screen: Screen, key: FieldKey, channels: Iterable[str], z: str |
     return np.concatenate(stacks, axis=0)
 
 
-def _predict_field(screen: Screen, params: PredictParams, plan: _FieldPlan, *_upstream: Any) -> TaskResult:
-    """Task: predict one field and write its probabilities."""
+def field_probabilities(screen: Screen, params: PredictParams, plan: FieldPlan) -> tuple[np.ndarray, Checkpoint]:
+    """One field's class probabilities (classes, extent) with this process's cached model.
+
+    Runs in a worker: sets the torch threads, takes the model from the per-process cache,
+    reads and normalises the field's input and predicts it tile by tile.
+    """
     set_worker_threads(params.threads)
     model, checkpoint = cached_model(params.model, device=params.device, channels_last=params.channels_last)
-    key = plan.key
-    image = normalize(field_input(screen, key, plan.channels, params.z, plan.extent), checkpoint.normalization)
+    image = normalize(field_input(screen, plan.key, plan.channels, params.z, plan.extent), checkpoint.normalization)
     probabilities = predict_plane(
         model, image, tile=params.tile, halo=params.halo, overlap=params.overlap, batch_size=params.batch_size,
         window=params.window, device=params.device, amp=params.amp, channels_last=params.channels_last,
     )
+    return probabilities, checkpoint
+
+
+def _predict_field(screen: Screen, params: PredictParams, plan: FieldPlan, *_upstream: Any) -> TaskResult:
+    """Task: predict one field and write its probabilities."""
+    probabilities, checkpoint = field_probabilities(screen, params, plan)
+    key = plan.key
     full = np.zeros((len(checkpoint.class_names), *screen.layout.shape_yx), np.float32)
     full[:, : probabilities.shape[1], : probabilities.shape[2]] = probabilities
     where = key._asdict()
     records = screen.write(_OUTPUT, full, **where)
-    row = {**where, "model_sha256": checkpoint.sha256, "height": image.shape[1], "width": image.shape[2]}
+    row = {**where, "model_sha256": checkpoint.sha256, "height": probabilities.shape[1],
+           "width": probabilities.shape[2]}
     return TaskResult(stage=_STAGE, field=key, records=tuple(records), rows=(row,))

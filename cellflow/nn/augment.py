@@ -61,7 +61,10 @@ from scipy import ndimage as ndi
 
 from cellflow.ops.postprocess import DictParams
 
-__all__ = ["AugmentParams", "augment", "elastic_deform", "mirror_crop", "random_crop", "random_displacement", "warp"]
+__all__ = [
+    "AugmentParams", "augment", "elastic_deform", "mirror_crop", "random_crop", "random_displacement", "warp",
+    "zoom_crop",
+]
 
 _ILLUMINATION_GRID = 4  # control points per axis of the smooth illumination field
 
@@ -133,6 +136,11 @@ class AugmentParams(DictParams):
         Range of the noise level, in channel standard deviations, >= 0.
     poisson_fraction : float
         Probability that the noise is shot-like rather than Gaussian.
+    p_scale : float
+        Probability of a zoom: a crop of ``crop_size / s`` pixels resampled to
+        ``crop_size``, so objects appear ``s`` times larger (no zoom without a crop).
+    scale_range : (float, float)
+        Range of the zoom factor ``s``, > 0 (drawn log-uniformly).
 
     All probabilities are in [0, 1]. See the module docstring for the formulas.
 
@@ -165,6 +173,8 @@ class AugmentParams(DictParams):
     p_noise: float = 0.3
     noise_range: tuple[float, float] = (0.0, 0.1)
     poisson_fraction: float = 0.5
+    p_scale: float = 0.0
+    scale_range: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -175,7 +185,7 @@ class AugmentParams(DictParams):
         for name in ("flip", "rotate90"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(name, "True or False", getattr(self, name))
-        for name in ("p_elastic", "p_illumination", "p_blur", "p_intensity", "p_noise", "poisson_fraction"):
+        for name in ("p_elastic", "p_illumination", "p_blur", "p_intensity", "p_noise", "poisson_fraction", "p_scale"):
             set_(self, name, _number(name, getattr(self, name), low=0.0, high=1.0))
         set_(self, "elastic_displacement_px", _number("elastic_displacement_px", self.elastic_displacement_px, low=0.0))
         set_(self, "elastic_smoothness_px",
@@ -186,6 +196,7 @@ class AugmentParams(DictParams):
         set_(self, "gain_range", _range("gain_range", self.gain_range, low=0.0, low_open=True))
         set_(self, "offset_range", _range("offset_range", self.offset_range, low=-math.inf))
         set_(self, "noise_range", _range("noise_range", self.noise_range, low=0.0))
+        set_(self, "scale_range", _range("scale_range", self.scale_range, low=0.0, low_open=True))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -391,12 +402,48 @@ def warp(image: np.ndarray, targets: Sequence[np.ndarray],
     shape = image.shape[-2:]
     if displacement.shape != (2, *shape):
         raise ValueError(f"displacement must have shape {(2, *shape)}, got {displacement.shape}")
-    coords = np.indices(shape, dtype=np.float64) + displacement
+    return _resample(image, targets, np.indices(shape, dtype=np.float64) + displacement)
+
+
+def _resample(image: np.ndarray, targets: Sequence[np.ndarray],
+              coords: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Image (bilinear) and targets (nearest) sampled at ``coords`` (2, h, w), reflected beyond the field."""
+    shape = image.shape[-2:]
     warped = np.stack([ndi.map_coordinates(channel.astype(np.float32, copy=False), coords, order=1, mode="mirror")
                        for channel in image])
     rows = _reflect_index(np.rint(coords[0]).astype(np.intp), shape[0])
     cols = _reflect_index(np.rint(coords[1]).astype(np.intp), shape[1])
     return warped.astype(np.float32, copy=False), tuple(np.ascontiguousarray(t[..., rows, cols]) for t in targets)
+
+
+def zoom_crop(
+    image: np.ndarray,
+    targets: Sequence[np.ndarray],
+    size: int,
+    scale: float,
+    rng: np.random.Generator,
+    *,
+    overhang: int | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """A random ``size / scale`` window resampled to ``size``: objects look ``scale`` times larger.
+
+    Output pixel ``p`` samples the window at ``(p + 0.5) / scale - 0.5`` (pixel centres
+    map onto pixel centres); the image bilinearly, targets by nearest neighbour.
+
+    Examples
+    --------
+    >>> image = np.arange(64, dtype=np.float32).reshape(1, 8, 8); labels = np.ones((8, 8), np.uint8)
+    >>> out, (lab,) = zoom_crop(image, (labels,), 8, 2.0, np.random.default_rng(0), overhang=0)
+    >>> out.shape, lab.shape, bool((lab == 1).all())
+    ((1, 8, 8), (8, 8), True)
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    window = max(1, math.ceil(size / scale))
+    image, targets = random_crop(image, targets, window, rng, overhang=overhang)
+    axis = (np.arange(size, dtype=np.float64) + 0.5) / scale - 0.5
+    coords = np.stack(np.meshgrid(axis, axis, indexing="ij"))
+    return _resample(image, targets, coords)
 
 
 def elastic_deform(
@@ -511,7 +558,11 @@ def augment(
         raise TypeError(f"params must be an AugmentParams, got {type(params).__name__}")
     image, targets = _check_pair(image, targets)
     rng = _check_rng(rng)
-    if params.crop_size is not None:
+    if params.crop_size is not None and params.p_scale > 0 and rng.random() < params.p_scale:
+        low, high = np.log(params.scale_range)
+        scale = float(np.exp(rng.uniform(low, high)))
+        image, targets = zoom_crop(image, targets, params.crop_size, scale, rng, overhang=params.crop_overhang)
+    elif params.crop_size is not None:
         image, targets = random_crop(image, targets, params.crop_size, rng, overhang=params.crop_overhang)
     image, *rest = _flip_rotate([image, *targets], rng, params)
     targets = tuple(rest)

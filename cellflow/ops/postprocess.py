@@ -54,6 +54,7 @@ __all__ = [
     "probabilities_to_labels",
     "remove_small_labels",
     "seeded_watershed",
+    "shrink_labels",
 ]
 
 _MARKER_SMOOTHING_PX = 1.0  # h-maxima are taken on a lightly smoothed probability (pixel noise)
@@ -118,6 +119,12 @@ class PostprocessParams(DictParams):
         Objects with fewer pixels are removed at the end.
     fill_holes : bool
         Fill holes inside each object.
+    shrink_px : int
+        Pixels removed from each object where it meets the background, at the end.
+        Three-class targets (:func:`~cellflow.nn.targets.three_class_targets`) put the
+        boundary band ``boundary_px`` pixels *outside* the true contour too, so the
+        predicted foreground is that much too large; set ``shrink_px = boundary_px``
+        (training does, and checkpoints carry it).
 
     Raises
     ------
@@ -137,13 +144,14 @@ class PostprocessParams(DictParams):
     min_marker_area: int = 4
     min_area: int = 16
     fill_holes: bool = True
+    shrink_px: int = 0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         owner = type(self).__name__
         for name in ("foreground_threshold", "marker_threshold", "h"):
             set_(self, name, _fraction(owner, name, getattr(self, name)))
-        for name in ("min_marker_area", "min_area"):
+        for name in ("min_marker_area", "min_area", "shrink_px"):
             set_(self, name, _count(owner, name, getattr(self, name)))
         if not isinstance(self.fill_holes, bool):
             raise _fail(owner, "fill_holes", "True or False", self.fill_holes)
@@ -168,6 +176,24 @@ def remove_small_labels(labels: np.ndarray, min_area: int) -> np.ndarray:
     small = areas < min_area
     small[0] = False
     return np.where(small[labels], 0, labels).astype(labels.dtype, copy=False)
+
+
+def shrink_labels(labels: np.ndarray, px: int) -> np.ndarray:
+    """Objects with the ``px`` pixels nearest the background (chessboard distance) removed.
+
+    Where two objects touch nothing is removed: only contact with the background
+    counts. Pixels on the image border are not treated as next to background.
+
+    Examples
+    --------
+    >>> labels = np.zeros((7, 9), np.int32); labels[1:6, 1:4] = 1; labels[1:6, 4:8] = 2
+    >>> shrink_labels(labels, 1)[3].tolist()
+    [0, 0, 1, 1, 2, 2, 2, 0, 0]
+    """
+    if px <= 0 or not labels.any():
+        return labels
+    distance = ndi.distance_transform_cdt(labels != 0, metric="chessboard")
+    return np.where(distance > px, labels, 0).astype(labels.dtype, copy=False)
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:
@@ -324,6 +350,8 @@ def probabilities_to_labels(probabilities: Any, params: PostprocessParams | None
     markers[~foreground] = 0
     surface = boundary if boundary is not None else -interior
     labels = seeded_watershed(surface, markers, foreground)
+    if params.shrink_px:
+        labels = shrink_labels(labels, params.shrink_px)
     labels = remove_small_labels(labels, params.min_area)
     if params.fill_holes:
         labels = fill_label_holes(labels)

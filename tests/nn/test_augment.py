@@ -284,3 +284,32 @@ def test_same_seed_same_output_different_seed_different_output():
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], other[0])
     assert not np.array_equal(first[1][0], other[1][0])
+
+
+def test_zoom_crop_by_two_over_the_whole_field_repeats_every_pixel():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, (16, 16)).astype(np.uint16)
+    image = rng.random((1, 16, 16)).astype(np.float32)
+    from cellflow.nn.augment import zoom_crop
+
+    out, (zoomed,) = zoom_crop(image, (labels,), 32, 2.0, rng, overhang=0)  # window 16 = the field: origin 0
+    np.testing.assert_array_equal(zoomed, np.kron(labels, np.ones((2, 2), np.uint16)))
+    # bilinear at p/2 - 1/4: the mean of 2x2 output blocks (away from the mirrored edge) is the input pixel
+    blocks = out[0, 2:-2, 2:-2].reshape(14, 2, 14, 2).mean(axis=(1, 3))
+    assert np.abs(blocks - image[0, 1:-1, 1:-1]).max() < 0.5
+
+
+def test_augment_with_zoom_scales_object_areas():
+    labels = np.zeros((96, 96), np.uint16)
+    labels[40:56, 40:56] = 1
+    image = (labels > 0).astype(np.float32)[None]
+    params = AugmentParams(crop_size=96, crop_overhang=0, p_scale=1.0, scale_range=(2.0, 2.0), p_elastic=0.0,
+                           p_illumination=0, p_blur=0, p_intensity=0, p_noise=0)
+    areas = []
+    for seed in range(20):
+        _, (out,) = augment(image, (labels,), params, np.random.default_rng(seed))
+        areas.append(int((out == 1).sum()))
+    # a 48-px window of the 96-px field always holds part of the 16x16 square or none; whole ones are 4x larger
+    assert max(areas) == 4 * 16 * 16
+    with pytest.raises(ValueError, match="scale_range"):
+        AugmentParams(p_scale=0.5, scale_range=(0.0, 2.0))

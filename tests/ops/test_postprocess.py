@@ -181,3 +181,44 @@ def test_cupy_input_gives_cupy_labels_equal_to_numpy(cupy):
     on_gpu = probabilities_to_labels(cupy.asarray(p))
     assert isinstance(on_gpu, cupy.ndarray)
     assert np.array_equal(cupy.asnumpy(on_gpu), probabilities_to_labels(p))
+
+
+def _shrink_oracle(labels, px):
+    """Brute force: drop a pixel if any background pixel lies within chessboard distance px."""
+    out = labels.copy()
+    height, width = labels.shape
+    for y in range(height):
+        for x in range(width):
+            if labels[y, x] == 0:
+                continue
+            window = labels[max(y - px, 0):y + px + 1, max(x - px, 0):x + px + 1]
+            if (window == 0).any():
+                out[y, x] = 0
+    return out
+
+
+@pytest.mark.parametrize("px", [1, 2])
+def test_shrink_labels_matches_brute_force(px):
+    from cellflow.ops.postprocess import shrink_labels
+
+    rng = np.random.default_rng(px)
+    labels = np.zeros((23, 31), np.int32)
+    for k in range(1, 7):
+        y, x = rng.integers(0, 20), rng.integers(0, 28)
+        labels[y:y + rng.integers(3, 9), x:x + rng.integers(3, 9)] = k
+    np.testing.assert_array_equal(shrink_labels(labels, px), _shrink_oracle(labels, px))
+
+
+def test_shrink_px_undoes_the_outward_boundary_band_of_three_class_targets():
+    from cellflow.nn.targets import three_class_targets
+
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:20, 5:25] = 1
+    labels[5:20, 25:45] = 2
+    labels[25:36, 10:30] = 3
+    target = three_class_targets(labels, boundary_px=1)[0]
+    probabilities = np.stack([target == c for c in range(3)]).astype(np.float32)
+    grown = probabilities_to_labels(probabilities, PostprocessParams(min_area=1))
+    exact = probabilities_to_labels(probabilities, PostprocessParams(min_area=1, shrink_px=1))
+    assert (grown > 0).sum() > (labels > 0).sum()  # without the shrink the band outside the contour is kept
+    np.testing.assert_array_equal(exact > 0, labels > 0)
