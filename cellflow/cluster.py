@@ -1,18 +1,38 @@
-"""Where dask graphs run: the threaded scheduler, local processes, or an existing cluster.
+"""Where dask graphs run: threads, local processes, local GPUs, a running scheduler, Kubernetes.
 
-This first version covers what ingest, synthesis and export need: a scheduler name
-for ``dask.compute`` or the address of a running ``distributed`` scheduler. The
-spec-driven clusters (LocalCluster, LocalCUDACluster, Kubernetes) grow here.
+Two entry points. :func:`scheduler_context` serves ingest, synthesis and export: a
+scheduler name for ``dask.compute`` or the address of a running scheduler.
+:func:`cluster_client` serves pipeline runs: it starts (or joins) the cluster a spec's
+``cluster:`` section names and yields a ``distributed.Client`` (None for threads).
+
+The graph is the same for every kind; only where its tasks run changes. Worker deaths
+are bounded by ``allowed_failures`` (dask's ``distributed.scheduler.allowed-failures``):
+set in this process for the clusters whose scheduler runs here, passed as an
+environment variable to the Kubernetes scheduler pod, and left to its operator for a
+scheduler that is already running.
+
+``dask_cuda`` and ``dask_kubernetes`` are optional extras, imported only when their
+kind is asked for.
 """
 
 from __future__ import annotations
 
+import importlib
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import dask
 
 from cellflow.errors import SpecError
 
-__all__ = ["LOCAL_SCHEDULERS", "scheduler_context"]
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from cellflow.pipeline.spec import ClusterSpec
+
+__all__ = ["LOCAL_SCHEDULERS", "cluster_client", "scheduler_context", "with_overrides"]
 
 #: Scheduler names dask understands without a cluster.
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
@@ -47,3 +67,120 @@ def scheduler_context(scheduler: str | None) -> Iterator[str | None]:
     # While a Client is open it is dask's default scheduler, so callers pass None.
     with Client(scheduler):
         yield None
+
+
+def with_overrides(spec: ClusterSpec, *, kind: str | None = None, n_workers: int | None = None,
+                   address: str | None = None) -> ClusterSpec:
+    """``spec`` with its kind, worker count or address replaced, validated again.
+
+    An ``address`` implies ``kind='address'``.
+
+    Raises
+    ------
+    SpecError
+        The result is not a valid cluster spec (an unknown kind, ``n_workers < 1``).
+    """
+    from pydantic import ValidationError
+
+    from cellflow.pipeline.spec import ClusterSpec
+
+    update: dict[str, Any] = {}
+    if address is not None:
+        update.update(kind="address", address=address)
+    elif kind is not None:
+        update.update(kind=kind, address=None if kind != "address" else spec.address)
+    if n_workers is not None:
+        update["n_workers"] = n_workers
+    try:
+        return ClusterSpec.model_validate(spec.model_dump() | update)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'cluster'}: {e['msg']}" for e in error.errors())
+        raise SpecError(f"invalid cluster override: {problems}") from None
+
+
+def _optional(module: str, kind: str, extra: str) -> Any:
+    """Import an optional extra's module, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise SpecError(
+            f"cluster kind {kind!r} needs {module.split('.')[0]}, which is not installed: "
+            f"pip install 'cellflow[{extra}]'"
+        ) from error
+
+
+def _local(spec: ClusterSpec) -> Any:
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=spec.n_workers, threads_per_worker=spec.threads_per_worker, processes=True,
+        memory_limit=spec.memory_limit, dashboard_address=spec.dashboard_address, host="127.0.0.1",
+    )
+
+
+def _local_cuda(spec: ClusterSpec) -> Any:
+    dask_cuda = _optional("dask_cuda", "local-cuda", "gpu")
+    options: dict[str, Any] = {}
+    if spec.cuda_visible_devices is not None:
+        options["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.cuda_visible_devices))
+    # One worker per visible GPU: LocalCUDACluster's own default, so n_workers is not passed.
+    return dask_cuda.LocalCUDACluster(
+        threads_per_worker=spec.threads_per_worker, memory_limit=spec.memory_limit,
+        dashboard_address=spec.dashboard_address, host="127.0.0.1", **options,
+    )
+
+
+def _kubernetes(spec: ClusterSpec, stack: ExitStack) -> Any:
+    from cellflow.deploy.render import dask_cluster_manifest, gpu_worker_group_manifest
+
+    operator = _optional("dask_kubernetes.operator", "kubernetes", "k8s")
+    # A fresh name per run, so concurrent runs from one namespace do not meet.
+    name = f"cellflow-{uuid.uuid4().hex[:10]}"
+    cluster = stack.enter_context(operator.KubeCluster(
+        custom_cluster_spec=dask_cluster_manifest(spec, name=name), namespace=spec.kubernetes.namespace,
+        shutdown_on_close=True,
+    ))
+    group = gpu_worker_group_manifest(spec, name=name)
+    if group is not None:
+        # add_worker_group names it '<cluster>-<name>', as the manifest does
+        cluster.add_worker_group("gpu", custom_spec=group["spec"]["worker"])
+    return cluster
+
+
+@contextmanager
+def cluster_client(spec: ClusterSpec, *, address: str | None = None) -> Iterator[Client | None]:
+    """Start or join the cluster ``spec`` names; yield a client to it (None for ``threads``).
+
+    Parameters
+    ----------
+    spec : ClusterSpec
+        The spec's ``cluster:`` section.
+    address : str, optional
+        Address of a running scheduler (the CLI's ``--scheduler``); overrides ``spec``.
+
+    Yields
+    ------
+    distributed.Client or None
+        Connected for the block; the cluster started for it is closed after.
+
+    Raises
+    ------
+    SpecError
+        The kind's optional extra (dask-cuda, dask-kubernetes) is not installed.
+    """
+    if address is not None:
+        spec = with_overrides(spec, address=address)
+    if spec.kind == "threads":
+        yield None
+        return
+    from distributed import Client
+
+    with ExitStack() as stack:
+        stack.enter_context(dask.config.set({"distributed.scheduler.allowed-failures": spec.allowed_failures}))
+        if spec.kind == "address":
+            target: Any = spec.address
+        elif spec.kind == "kubernetes":
+            target = _kubernetes(spec, stack)
+        else:
+            target = stack.enter_context(_local(spec) if spec.kind == "local" else _local_cuda(spec))
+        yield stack.enter_context(Client(target))

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import sys
+import types
+from typing import ClassVar
+
 import dask
 import pytest
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 
-from cellflow.cluster import scheduler_context
+from cellflow.cluster import cluster_client, scheduler_context, with_overrides
+from cellflow.deploy.validate import validate_manifest
 from cellflow.errors import SpecError
+from cellflow.pipeline.spec import ClusterSpec, parse_spec
 
 
 @pytest.mark.parametrize("name", [None, "threads", "synchronous"])
@@ -31,3 +37,170 @@ def test_address_connects_a_client_for_the_block():
             (pid,) = dask.compute(dask.delayed(os.getpid)())
             assert pid == os.getpid()
             assert len(cluster.scheduler.task_groups) >= 1
+
+
+# --- clusters from the spec's cluster: section -------------------------------------------
+
+
+class _Recorder:
+    """Stands in for LocalCUDACluster / KubeCluster: records its arguments, runs an in-process cluster."""
+
+    calls: ClassVar[list[tuple[str, dict]]]
+
+    def __init__(self, **kwargs):
+        type(self).calls.append(("init", kwargs))
+        self._cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                     dashboard_address="127.0.0.1:0")
+
+    def __getattr__(self, name):  # Client(cluster) reads status, scheduler_address, dashboard_link, ...
+        return getattr(self._cluster, name)
+
+    def add_worker_group(self, name, **kwargs):
+        type(self).calls.append(("add_worker_group", {"name": name, **kwargs}))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        type(self).calls.append(("close", {}))
+        self._cluster.close()
+
+
+def _run_one_task():
+    import os
+
+    (pid,) = dask.compute(dask.delayed(os.getpid)())
+    return pid
+
+
+def test_threads_yields_no_client():
+    with cluster_client(ClusterSpec(kind="threads")) as client:
+        assert client is None
+
+
+def test_local_cuda_one_worker_per_visible_gpu(monkeypatch):
+    import os
+
+    class FakeCUDACluster(_Recorder):
+        calls: ClassVar[list] = []
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeCUDACluster))
+    spec = ClusterSpec(kind="local-cuda", cuda_visible_devices=[0, 2], threads_per_worker=3,
+                       dashboard_address="127.0.0.1:0", allowed_failures=5)
+    with cluster_client(spec) as client:
+        assert isinstance(client, Client)
+        assert _run_one_task() == os.getpid()  # ran on the (fake) cluster's in-process worker
+    (_, kwargs), (closed, _) = FakeCUDACluster.calls
+    assert kwargs["CUDA_VISIBLE_DEVICES"] == "0,2"
+    assert "n_workers" not in kwargs  # LocalCUDACluster starts one worker per visible GPU itself
+    assert kwargs["threads_per_worker"] == 3 and kwargs["host"] == "127.0.0.1"
+    assert closed == "close"
+
+
+def test_local_cuda_without_dask_cuda_says_which_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # makes `import dask_cuda` raise ImportError
+    with pytest.raises(SpecError, match=r"'local-cuda' needs dask_cuda.*pip install 'cellflow\[gpu\]'"):
+        with cluster_client(ClusterSpec(kind="local-cuda")):
+            pass
+
+
+@pytest.mark.parametrize("gpu_workers", [0, 2])
+def test_kubernetes_builds_the_daskcluster_and_gpu_group(monkeypatch, gpu_workers):
+    import dask_kubernetes.operator
+
+    class FakeKubeCluster(_Recorder):
+        calls: ClassVar[list] = []
+
+    monkeypatch.setattr(dask_kubernetes.operator, "KubeCluster", FakeKubeCluster)
+    spec = ClusterSpec(kind="kubernetes", n_workers=3, threads_per_worker=2, allowed_failures=4,
+                       kubernetes={"namespace": "screens", "gpu_workers": gpu_workers, "gpus_per_worker": 2})
+    with cluster_client(spec) as client:
+        assert isinstance(client, Client)
+        assert dask.compute(dask.delayed(sum)([1, 2, 3])) == (6,)
+    calls = dict(FakeKubeCluster.calls)
+    manifest = calls["init"]["custom_cluster_spec"]
+    assert calls["init"]["namespace"] == "screens" and calls["init"]["shutdown_on_close"] is True
+    assert validate_manifest(manifest) == []
+    assert manifest["kind"] == "DaskCluster" and manifest["metadata"]["namespace"] == "screens"
+    worker = manifest["spec"]["worker"]
+    assert worker["replicas"] == 3
+    (container,) = worker["spec"]["containers"]
+    assert container["args"][container["args"].index("--nthreads") + 1] == "2"
+    assert {"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "value": "4"} in container["env"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    if gpu_workers:
+        group = calls["add_worker_group"]
+        assert group["name"] == "gpu" and group["custom_spec"]["replicas"] == 2
+        (gpu,) = group["custom_spec"]["spec"]["containers"]
+        assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert gpu["args"][:3] == ["dask", "cuda", "worker"]
+    else:
+        assert "add_worker_group" not in calls
+
+
+def test_allowed_failures_reaches_an_in_process_scheduler(monkeypatch):
+    class FakeCUDACluster(_Recorder):
+        calls: ClassVar[list] = []
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeCUDACluster))
+    spec = ClusterSpec(kind="local-cuda", dashboard_address="127.0.0.1:0", allowed_failures=7)
+    with cluster_client(spec) as client:
+        assert client.cluster.scheduler.allowed_failures == 7
+    assert dask.config.get("distributed.scheduler.allowed-failures") == 3  # restored after the block
+
+
+def _die_once(marker):
+    """Kill this worker process the first time; return 42 the next."""
+    import os
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return 42
+
+
+@pytest.mark.slow
+def test_worker_death_fails_the_task_when_no_failures_are_allowed(tmp_path):
+    """With dask's default (3) the task would be retried and return 42; allowed_failures=0 must reach the scheduler."""
+    from distributed import KilledWorker
+
+    spec = ClusterSpec(kind="local", n_workers=1, dashboard_address="127.0.0.1:0", allowed_failures=0)
+    with cluster_client(spec) as client:
+        future = client.submit(_die_once, str(tmp_path / "died"), pure=False)
+        with pytest.raises(KilledWorker):
+            future.result(timeout=60)
+    assert (tmp_path / "died").exists()  # the worker did die in the task
+
+
+def test_address_argument_overrides_the_spec():
+    import os
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
+        with cluster_client(ClusterSpec(kind="threads"), address=cluster.scheduler_address) as client:
+            assert client.scheduler.address == cluster.scheduler_address
+            assert _run_one_task() == os.getpid()
+
+
+def test_overrides_are_validated():
+    spec = ClusterSpec()
+    assert with_overrides(spec, kind="threads", n_workers=4).model_dump() == spec.model_dump() | {
+        "kind": "threads", "n_workers": 4}
+    assert with_overrides(spec, address="tcp://h:1").kind == "address"
+    with pytest.raises(SpecError, match=r"kind: Input should be 'threads', 'local'"):
+        with_overrides(spec, kind="gpu-please")
+    with pytest.raises(SpecError, match=r"n_workers: Input should be greater than or equal to 1"):
+        with_overrides(spec, n_workers=0)
+
+
+@pytest.mark.parametrize(("cluster", "message"), [
+    ({"kind": "local", "cuda_visible_devices": [0]}, r"cluster: .*cuda_visible_devices applies to kind 'local-cuda'"),
+    ({"kind": "kubernetes", "kubernetes": {"worker_cpu": "two"}}, r"spec:7: cluster.kubernetes.worker_cpu: String should match"),
+    ({"kind": "kubernetes", "kubernetes": {"gpus": 1}}, r"spec:7: cluster.kubernetes.gpus: Extra inputs are not permitted"),
+    ({"retries": -1}, r"cluster.retries: Input should be greater than or equal to 0"),
+])
+def test_cluster_section_errors_name_the_field(cluster, message):
+    import yaml
+
+    text = yaml.safe_dump({"name": "x", "input": {"store": "s.zarr"}, "cluster": cluster}, sort_keys=False)
+    with pytest.raises(SpecError, match=message):
+        parse_spec(yaml.safe_load(text), root=yaml.compose(text))

@@ -25,6 +25,7 @@ from cellflow.pipeline.stages import STAGES, StageEntry
 __all__ = [
     "ClusterSpec",
     "InputSpec",
+    "KubernetesSpec",
     "OutputSpec",
     "PipelineSpec",
     "TrainSpec",
@@ -68,10 +69,49 @@ class OutputSpec(_Strict):
     tables: Path = Path("cellflow-runs/tables")
 
 
-class ClusterSpec(_Strict):
-    """Where the graph runs. The graph is the same in every case."""
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_ABSOLUTE = r"^/"
 
-    kind: Literal["threads", "local", "address"] = "local"
+
+class KubernetesSpec(_Strict):
+    """Pods for ``cluster.kind: kubernetes`` and for ``cellflow deploy render``.
+
+    Quantities are Kubernetes strings (``cpu: "2"``, ``memory: "8Gi"``). GPU workers
+    form a second worker group with ``nvidia.com/gpu`` limits; ``gpu_workers: 0``
+    (the default) leaves it out.
+    """
+
+    image: str = Field(default="ghcr.io/cellflow/cellflow:0.1.0", min_length=1)
+    gpu_image: str = Field(default="ghcr.io/cellflow/cellflow:0.1.0-cuda", min_length=1)
+    namespace: str = Field(default="cellflow", pattern=_DNS_LABEL)
+    scheduler_cpu: str = Field(default="1", pattern=_QUANTITY)
+    scheduler_memory: str = Field(default="2Gi", pattern=_QUANTITY)
+    worker_cpu: str = Field(default="2", pattern=_QUANTITY)
+    worker_memory: str = Field(default="8Gi", pattern=_QUANTITY)
+    gpu_workers: int = Field(default=0, ge=0)
+    gpus_per_worker: int = Field(default=1, ge=1)
+    gpu_worker_cpu: str = Field(default="4", pattern=_QUANTITY)
+    gpu_worker_memory: str = Field(default="16Gi", pattern=_QUANTITY)
+    data_claim: str = Field(default="cellflow-data", pattern=_DNS_LABEL, description="PersistentVolumeClaim (RWX)")
+    data_mount: str = Field(default="/data", pattern=_ABSOLUTE)
+    working_dir: str = Field(default="/data/cellflow", pattern=_ABSOLUTE, description="relative spec paths start here")
+    schedule: str = Field(default="0 2 * * *", pattern=r"^\S+( \S+){4}$", description="cron: nightly at 02:00")
+    time_zone: str = "Etc/UTC"
+    run_as_user: int = Field(default=10001, ge=1, description="non-root uid of every container")
+
+
+class ClusterSpec(_Strict):
+    """Where the graph runs. The graph is the same in every case.
+
+    ``threads``: dask's threaded scheduler; ``local``: a LocalCluster of processes;
+    ``local-cuda``: dask-cuda's LocalCUDACluster, one worker per GPU (the ``gpu``
+    extra); ``address``: a running scheduler; ``kubernetes``: a dask-kubernetes
+    KubeCluster from the ``kubernetes`` section. A task is retried ``retries`` times
+    when it raises, and given up after ``allowed_failures`` worker deaths.
+    """
+
+    kind: Literal["threads", "local", "local-cuda", "address", "kubernetes"] = "local"
     n_workers: int = Field(default=2, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)
     memory_limit: str = "auto"
@@ -79,11 +119,19 @@ class ClusterSpec(_Strict):
     dashboard_address: str = Field(
         default="127.0.0.1:8787", description="bound to loopback unless you say otherwise"
     )
+    retries: int = Field(default=2, ge=0, description="retries of a task that raised (dask.compute(retries=))")
+    allowed_failures: int = Field(
+        default=3, ge=0, description="worker deaths a task may take part in (distributed.scheduler.allowed-failures)"
+    )
+    cuda_visible_devices: list[int] | None = Field(default=None, description="local-cuda: GPUs to use (default all)")
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
 
     @model_validator(mode="after")
     def _address(self) -> ClusterSpec:
         if (self.kind == "address") != (self.address is not None):
             raise ValueError("kind 'address' needs address: tcp://HOST:PORT (and only it takes one)")
+        if self.cuda_visible_devices is not None and self.kind != "local-cuda":
+            raise ValueError(f"cuda_visible_devices applies to kind 'local-cuda' only, got kind {self.kind!r}")
         return self
 
 

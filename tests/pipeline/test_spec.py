@@ -52,7 +52,7 @@ def test_every_problem_is_reported_with_its_line(tmp_path):
         load_spec(path)
     message = str(info.value)
     assert f"{path}:4: input.synthetc: Extra inputs are not permitted" in message
-    assert f"{path}:11: cluster.kind: Input should be 'threads', 'local' or 'address'" in message
+    assert f"{path}:11: cluster.kind: Input should be 'threads', 'local', 'local-cuda', 'address' or 'kubernetes'" in message
     assert f"{path}:8: stages.score.tresholds: ScoreOptions got unknown keys ['tresholds']" in message
     assert f"{path}:9: stages.segmentt: unknown stage 'segmentt'" in message
 
