@@ -23,12 +23,14 @@ from cellflow.ops.illumination import (
     estimate_illumination,
     fit_surface,
 )
+from cellflow.ops.measure import SHAPE_COLUMNS, link_objects, measure_objects, touches_border
 from cellflow.ops.postprocess import PostprocessParams, probabilities_to_labels
 
 __all__ = [
     "CELL_METHODS",
     "DECLUMP_METHODS",
     "ILLUMINATION_METHODS",
+    "SHAPE_COLUMNS",
     "Backend",
     "BackgroundSums",
     "CellParams",
@@ -42,10 +44,13 @@ __all__ = [
     "estimate_diameter",
     "estimate_illumination",
     "fit_surface",
+    "link_objects",
+    "measure_objects",
     "probabilities_to_labels",
     "project_planes",
     "register_backend",
     "segment_cells",
     "segment_nuclei",
     "to_host",
+    "touches_border",
 ]
