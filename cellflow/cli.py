@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cellflow.errors import CellflowError
@@ -83,18 +84,45 @@ def run(
         str | None, typer.Option(help="Address of a running scheduler (tcp://HOST:PORT); overrides the spec")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Cluster kind, overriding the spec: threads, local, local-cuda, address, kubernetes"),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Number of (CPU) workers, overriding the spec")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Recompute everything instead of resuming")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="On resume, re-hash every recorded chunk")] = False,
 ) -> None:
-    """Run a pipeline spec on its cluster (a local 2-worker cluster by default)."""
+    """Run a pipeline spec on its cluster (a local 2-worker cluster by default), resuming earlier work.
+
+    Exit status: 0 all done; 3 finished with quarantined fields (listed, and in run.json);
+    1 the run failed; 2 bad spec or input.
+    """
+    from cellflow.cluster import with_overrides
     from cellflow.pipeline import load_spec, run_spec
 
     parsed = load_spec(spec)
+    if cluster is not None or workers is not None:
+        parsed = parsed.model_copy(update={"cluster": with_overrides(parsed.cluster, kind=cluster, n_workers=workers)})
     console.print(f"[bold]cellflow run[/bold] {parsed.name} ({spec})")
-    result = run_spec(parsed, scheduler=scheduler, console=console, progress=progress)
+    result = run_spec(parsed, scheduler=scheduler, console=console, progress=progress, resume=not fresh,
+                      verify=verify, spec_path=spec)
     for key, table in result.tables.items():
         if key.endswith("/plates"):
             console.print(_table(_score_view(table), f"{key.split('/')[0]} vs truth, per plate"))
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     console.print(f"store: {result.screen.path}; tables: {Path(parsed.output.tables)}; {timings}")
+    skipped = sum(s["skipped"] for s in result.stages.values())
+    if skipped:
+        console.print(f"resumed: {skipped} units were already done and were skipped")
+    if result.quarantined:
+        console.print(f"[bold red]{len(result.quarantined)} quarantined[/bold red] (stage, field, error):")
+        for q in result.quarantined[:20]:
+            console.print(f"  {q['stage']} {q['field']}: {q['error']}")
+        if len(result.quarantined) > 20:
+            console.print(f"  ... and {len(result.quarantined) - 20} more in {Path(parsed.output.tables) / 'run.json'}")
+    console.print(f"status: {result.status}")
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 def _score_view(frame):  # type: ignore[no-untyped-def]
@@ -163,6 +191,48 @@ def segment(
         console.print(f"labels_nuclei written into {result.store}")
     for path, reason in result.failed:
         console.print(f"[red]not segmented:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(code=3)
+
+
+@app.command()
+def predict(
+    source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG images, or a screen store")],
+    model: Annotated[Path | None, typer.Option(help="A trained checkpoint (cellflow train)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for <stem>_prob.tif files (folder input only)")] = None,
+    tile: Annotated[int, typer.Option(help="Tile edge (kept window), pixels")] = 512,
+    halo: Annotated[int | None, typer.Option(help="Context around each tile; default the model's radius")] = None,
+    batch: Annotated[int, typer.Option(help="Tiles per forward pass")] = 4,
+    device: Annotated[str, typer.Option(help="Torch device of the workers: cpu, cuda")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Local worker processes (0: threads in this process)")] = 2,
+    scheduler: Annotated[str | None, typer.Option(help="Address of a running scheduler tcp://HOST:PORT")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing probability files")] = False,
+    keep_store: Annotated[Path | None, typer.Option(help="Keep the intermediate screen store here")] = None,
+) -> None:
+    """Class probabilities: a folder in -> one float32 <stem>_prob.tif (classes, y, x) per image; a store -> in it."""
+    from cellflow.graph.predict import PredictParams
+    from cellflow.pipeline.predict import predict as run_predict
+    from cellflow.pipeline.spec import ClusterSpec
+
+    if model is None:
+        raise typer.BadParameter("--model CKPT is required (the shipped model is not in this version; "
+                                 "train one with `cellflow train`)", param_hint="--model")
+    if out is not None and (source / "zarr.json").is_file():
+        raise typer.BadParameter(f"{source} is a store: probabilities are written into it; drop --out",
+                                 param_hint="--out")
+    try:
+        params = PredictParams(model=str(model), tile=tile, halo=halo, batch_size=batch, device=device)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    cluster = ClusterSpec(kind="threads") if workers == 0 else ClusterSpec(n_workers=workers)
+    result = run_predict(source, out, params, cluster=cluster, scheduler=scheduler, overwrite=overwrite,
+                         keep_store=keep_store, console=console)
+    if result.probability_files:
+        console.print(f"wrote {len(result.probability_files)} probability files to {out}")
+    else:
+        console.print(f"probabilities written into {result.store}")
+    for path, reason in result.failed:
+        console.print(f"[red]not predicted:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(code=3)
 
@@ -293,6 +363,51 @@ def info(store: Annotated[Path, typer.Argument(help="Screen store")]) -> None:
     console.print(table)
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run's output.tables folder (the one holding run.json)")],
+    out: Annotated[Path | None, typer.Option(help="Report file (default RUN_DIR/report.html)")] = None,
+) -> None:
+    """Write a run's self-contained HTML report from its run.json, tables and store."""
+    from cellflow.report import build_report
+
+    path = build_report(run_dir, out=out)
+    console.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+deploy_app = typer.Typer(help="Kubernetes: render a spec's DaskJob + nightly CronJob; submit a run.",
+                         no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("render")
+def deploy_render(
+    spec: Annotated[Path, typer.Argument(help="YAML pipeline spec (its cluster.kubernetes section sizes the pods)")],
+    out: Annotated[Path, typer.Option(help="Folder for the YAML files")] = Path("deploy/k8s"),
+    image: Annotated[str | None, typer.Option(help="Container image (the GPU image is IMAGE-cuda)")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace")] = None,
+    schedule: Annotated[str | None, typer.Option(help="Cron schedule of the nightly run, e.g. '0 2 * * *'")] = None,
+) -> None:
+    """Write the Kubernetes objects for a nightly run of SPEC (kubectl apply -f OUT)."""
+    from cellflow.deploy import render_manifests, with_overrides, write_manifests
+    from cellflow.pipeline import load_spec
+
+    parsed = with_overrides(load_spec(spec), image=image, namespace=namespace, schedule=schedule)
+    paths = write_manifests(render_manifests(parsed, spec.read_text()), out)
+    console.print(f"wrote {len(paths)} objects to {out}: kubectl apply -f {out} (nightly); "
+                  f"kubectl create -f {out}/run-now (one run now)", highlight=False, soft_wrap=True)
+
+
+@deploy_app.command("submit")
+def deploy_submit(
+    manifests: Annotated[Path, typer.Argument(help="Folder with daskjob.yaml (+ daskworkergroup-*.yaml)")],
+) -> None:
+    """Start one run of a rendered DaskJob in this cluster (what the CronJob's launcher runs)."""
+    from cellflow.deploy import submit
+
+    console.print(f"submitted DaskJob {submit(manifests)}", highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status.
 
@@ -304,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # click ends every run, usage errors included, with SystemExit
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except (CellflowError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        # escape: messages quote patterns such as [a-z0-9] that rich would take for markup
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "CellflowError",
+    "FieldQualityError",
     "IngestError",
     "RegionError",
     "SchemaError",
@@ -40,3 +41,7 @@ class RegionError(CellflowError, ValueError):
 
 class StoreExistsError(CellflowError, FileExistsError):
     """Creating a store would overwrite an existing one."""
+
+
+class FieldQualityError(CellflowError, ValueError):
+    """A field's pixels cannot be analysed: blank, saturated, or not finite."""

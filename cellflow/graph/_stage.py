@@ -15,9 +15,11 @@ so a stage whose upstream is already complete can run on its own (resume).
 
 from __future__ import annotations
 
+import functools
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import dask
 from dask.delayed import Delayed
@@ -25,7 +27,12 @@ from dask.delayed import Delayed
 from cellflow.metrics import field_extents, select_fields
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen
 
-__all__ = ["StageGraph", "TaskResult", "VariableSpec", "per_field_graph", "upstream_of"]
+__all__ = ["StageGraph", "TaskResult", "VariableSpec", "guarded", "merge_results", "per_field_graph", "upstream_of"]
+
+_Task = TypeVar("_Task", bound=Callable[..., Any])
+
+#: Tries of a task that raises OSError (a flaky network file system) before it is quarantined.
+IO_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,67 @@ class StageGraph:
         """Create every output variable (client side, before computing)."""
         for spec in self.outputs:
             spec.create(screen)
+
+
+def _field_of(args: Sequence[Any]) -> FieldKey | None:
+    for arg in args:
+        if isinstance(arg, FieldKey):
+            return arg
+        key = getattr(arg, "key", None)
+        if isinstance(key, FieldKey):
+            return key
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` and where it was raised (file:line of the innermost frame)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def guarded(stage: str) -> Callable[[_Task], _Task]:
+    """Make a per-field task fail *softly*: its field is quarantined and the run goes on.
+
+    The wrapped task returns ``TaskResult(stage, field, error=...)`` instead of raising,
+    so one bad field never takes down the graph (dask would otherwise cancel every
+    dependent task and the threaded scheduler would stop the whole run). A task whose
+    upstream result carries an error is not run at all (its result says which stage
+    failed). ``OSError`` is retried up to :data:`IO_ATTEMPTS` times; other errors are
+    deterministic (bad pixels, a bad model) and quarantine at once. A worker that dies
+    is a different matter: dask retries its tasks elsewhere (``retries`` on compute).
+    """
+
+    def wrap(task: _Task) -> _Task:
+        @functools.wraps(task)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            key = _field_of(args)
+            failed = [a for a in args if isinstance(a, TaskResult) and a.error is not None]
+            if failed:
+                return TaskResult(stage=stage, field=key, error=f"not run: {failed[0].stage} failed: {failed[0].error}")
+            for attempt in range(1, IO_ATTEMPTS + 1):
+                try:
+                    return task(*args, **kwargs)
+                except OSError as error:
+                    if attempt == IO_ATTEMPTS:
+                        return TaskResult(stage=stage, field=key, error=_describe(error))
+                except Exception as error:  # quarantine: reported with its field, the run goes on
+                    return TaskResult(stage=stage, field=key, error=_describe(error))
+            raise AssertionError("unreachable")
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def merge_results(stage: str, results: Sequence[TaskResult | None]) -> TaskResult:
+    """One result for a group of tasks (e.g. a plate's illumination): records and rows joined, errors too."""
+    done = [r for r in results if r is not None]
+    errors = [r.error for r in done if r.error is not None]
+    return TaskResult(
+        stage=stage, records=tuple(rec for r in done for rec in r.records),
+        rows=tuple(row for r in done for row in r.rows), error="; ".join(errors) if errors else None,
+    )
 
 
 def upstream_of(after: StageGraph | None, key: FieldKey | None = None) -> tuple[Delayed, ...]:

@@ -37,7 +37,7 @@ from dask import delayed
 from dask.base import tokenize
 
 from cellflow._config import check_keys
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, upstream_of
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, upstream_of
 from cellflow.graph.illumination import IlluminationParams, resolve_offset
 from cellflow.metrics import field_extents, select_fields
 from cellflow.ops.autolabel import (
@@ -48,6 +48,7 @@ from cellflow.ops.autolabel import (
     segment_cells,
     segment_nuclei,
 )
+from cellflow.ops.qc import check_planes
 from cellflow.screen.layout import DIMS_LABELS
 from cellflow.screen.store import FieldKey, Screen
 
@@ -274,6 +275,7 @@ def _plane(screen: Screen, plan: _FieldPlan, channel: str) -> tuple[np.ndarray, 
     key = plan.key
     planes = screen.read("images", plate=key.plate, well=key.well, site=key.site, t=key.t, c=channel)
     crop = (Ellipsis, slice(0, plan.extent[0]), slice(0, plan.extent[1])) if plan.extent else (Ellipsis,)
+    check_planes(planes[crop], what=f"field {key.plate}/{key.well}/{key.site}/{key.t:g} channel {channel!r}")
     illumination = None
     if channel in plan.corrected:
         illumination = screen.read(_ILLUMINATION, plate=key.plate, c=channel)[crop]
@@ -288,6 +290,7 @@ def _padded(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return full
 
 
+@guarded(_STAGE)
 def _label_field(screen: Screen, params: AutolabelParams, plan: _FieldPlan, *_upstream: Any) -> TaskResult:
     """Task: segment one field and write its labels."""
     key = plan.key

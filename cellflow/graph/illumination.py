@@ -39,7 +39,7 @@ from dask import delayed
 from dask.delayed import Delayed
 
 from cellflow._config import check_keys
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, upstream_of
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, merge_results, upstream_of
 from cellflow.ops.illumination import (
     ILLUMINATION_METHODS,
     BackgroundSums,
@@ -267,7 +267,19 @@ def _tree_sum(parts: list[Delayed], split_every: int) -> Delayed:
 # ---------------------------------------------------------------------------- task bodies
 def _field_sums(screen: Screen, key: FieldKey, channels: tuple[str, ...], params: IlluminationParams,
                 offset: float, *_after: Any) -> dict[_PlaneKey, BackgroundSums]:
-    """One field's background sums for every selected channel and z plane."""
+    """One field's background sums for every selected channel and z plane; none if it cannot be read.
+
+    A field that fails here (a bad image) is left out of its plate's estimate rather than
+    failing the plate: its own error is reported by the stage that segments it.
+    """
+    try:
+        return _field_sums_or_raise(screen, key, channels, params, offset)
+    except Exception:  # the field is quarantined downstream, where its error is reported
+        return {}
+
+
+def _field_sums_or_raise(screen: Screen, key: FieldKey, channels: tuple[str, ...], params: IlluminationParams,
+                         offset: float) -> dict[_PlaneKey, BackgroundSums]:
     out: dict[_PlaneKey, BackgroundSums] = {}
     for c in channels:
         planes = screen.read("images", plate=key.plate, well=key.well, site=key.site, t=key.t, c=c)
@@ -280,11 +292,15 @@ def _field_sums(screen: Screen, key: FieldKey, channels: tuple[str, ...], params
 
 
 def _add(*parts: dict[_PlaneKey, BackgroundSums]) -> dict[_PlaneKey, BackgroundSums]:
-    return {key: reduce(lambda a, b: a + b, (p[key] for p in parts)) for key in parts[0]}
+    parts = tuple(p for p in parts if p)  # fields that could not be read give no sums
+    return {key: reduce(lambda a, b: a + b, (p[key] for p in parts)) for key in parts[0]} if parts else {}
 
 
+@guarded(_STAGE)
 def _estimate_and_write(screen: Screen, total: dict[_PlaneKey, BackgroundSums], plate: str,
                         plane: _PlaneKey, z: float, params: IlluminationParams) -> TaskResult:
+    if plane not in total:
+        raise ValueError(f"plate {plate!r}: no readable field to estimate the illumination of {plane} from")
     sums = total[plane]
     illumination = estimate_illumination(
         sums, method=params.method, filter_size_px=params.filter_size_px, iterations=params.iterations,
@@ -299,8 +315,9 @@ def _estimate_and_write(screen: Screen, total: dict[_PlaneKey, BackgroundSums], 
     return TaskResult(stage=_STAGE, records=tuple(records), rows=(row,))
 
 
-def _plate_done(*results: TaskResult) -> None:
-    """Barrier: a plate's illumination is written (downstream tasks of its fields wait on it)."""
+def _plate_done(*results: TaskResult) -> TaskResult:
+    """A plate's illumination is written: its tasks' results as one (downstream tasks wait on it)."""
+    return merge_results(_STAGE, results)
 
 
 # ---------------------------------------------------------------------------- apply

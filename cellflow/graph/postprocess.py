@@ -17,7 +17,7 @@ import numpy as np
 
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, per_field_graph
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, per_field_graph
 from cellflow.ops.postprocess import PostprocessParams, probabilities_to_labels
 from cellflow.screen.layout import DIMS_LABELS
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen
@@ -72,6 +72,7 @@ def write_field_labels(screen: Screen, key: FieldKey, labels: np.ndarray, output
     return tuple(screen.write(output, full, **key._asdict()))
 
 
+@guarded("labels")
 def _label_task(
     screen: Screen, key: FieldKey, params: LabelParams, extent: tuple[int, int] | None, *upstream: object
 ) -> TaskResult:

@@ -24,7 +24,7 @@ predicted; the padding stays 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,15 @@ from dask import delayed
 from dask.base import tokenize
 
 from cellflow._config import check_keys
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, upstream_of
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, upstream_of
 from cellflow.metrics import field_extents, select_fields
 from cellflow.nn.checkpoint import Checkpoint, load_checkpoint, store_channel
 from cellflow.nn.normalize import normalize
 from cellflow.nn.predict import WINDOWS, cached_model, predict_plane, set_worker_threads
+from cellflow.ops.qc import check_planes
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["FieldPlan", "PredictParams", "build_predict", "field_probabilities", "plan_fields"]
+__all__ = ["FieldPlan", "PredictParams", "build_predict", "field_probabilities", "plan_fields", "plan_tasks"]
 
 _STAGE = "predict"
 _OUTPUT = "probabilities"
@@ -240,13 +241,21 @@ def build_predict(screen: Screen, params: PredictParams, *, after: StageGraph | 
                # how the model's training turned these into labels: the labels stage's default
                "postprocess": dict(checkpoint.metadata.get("params", {}).get("postprocess") or {})},
     )
+    return plan_tasks(_STAGE, _predict_field, screen, params, plans, checkpoint, (output,), after)
+
+
+def plan_tasks(stage: str, task: Callable[..., TaskResult], screen: Screen, params: Any,
+               plans: Iterable[FieldPlan], checkpoint: Checkpoint, outputs: tuple[VariableSpec, ...],
+               after: StageGraph | None) -> StageGraph:
+    """One ``task(screen, params, plan, *upstream)`` per field plan, named by the stage, the
+    store, the params and the checkpoint's hash, each after its field's upstream task."""
     token = tokenize(str(screen.path), params.to_dict(), checkpoint.sha256)
     by_field: dict[FieldKey, Any] = {}
     for plan in plans:
         key = plan.key
-        name = f"{_STAGE}-{token}-{key.plate}-{key.well}-{key.site}-{key.t:g}"
-        by_field[key] = delayed(_predict_field)(screen, params, plan, *upstream_of(after, key), dask_key_name=name)
-    return StageGraph(_STAGE, (output,), tuple(by_field.values()), by_field)
+        name = f"{stage}-{token}-{key.plate}-{key.well}-{key.site}-{key.t:g}"
+        by_field[key] = delayed(task)(screen, params, plan, *upstream_of(after, key), dask_key_name=name)
+    return StageGraph(stage, outputs, tuple(by_field.values()), by_field)
 
 
 # ---------------------------------------------------------------------------- task body
@@ -260,8 +269,9 @@ def field_input(screen: Screen, key: FieldKey, channels: Iterable[str], z: str |
     crop = (Ellipsis, slice(0, extent[0]), slice(0, extent[1])) if extent else (Ellipsis,)
     stacks = []
     for channel in channels:
-        planes = screen.read("images", plate=key.plate, well=key.well, site=key.site, t=key.t, c=channel)
-        planes = planes[crop].astype(np.float32)
+        planes = screen.read("images", plate=key.plate, well=key.well, site=key.site, t=key.t, c=channel)[crop]
+        check_planes(planes, what=f"field {key.plate}/{key.well}/{key.site}/{key.t:g} channel {channel!r}")
+        planes = planes.astype(np.float32)
         if z == "mean":
             stacks.append(planes.mean(axis=0, keepdims=True))
         elif z == "max":
@@ -289,6 +299,7 @@ def field_probabilities(screen: Screen, params: PredictParams, plan: FieldPlan) 
     return probabilities, checkpoint
 
 
+@guarded(_STAGE)
 def _predict_field(screen: Screen, params: PredictParams, plan: FieldPlan, *_upstream: Any) -> TaskResult:
     """Task: predict one field and write its probabilities."""
     probabilities, checkpoint = field_probabilities(screen, params, plan)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, per_field_graph
+from cellflow.graph._stage import StageGraph, TaskResult, guarded, per_field_graph
 from cellflow.metrics import ScoreOptions, score_stored_field
 from cellflow.screen.store import FieldKey, Screen
 
@@ -58,6 +58,7 @@ class ScoreParams:
         return cls(pairs=tuple(tuple(p) for p in pairs), options=ScoreOptions.from_dict(data))
 
 
+@guarded("score")
 def _score_task(
     screen: Screen, key: FieldKey, params: ScoreParams, extent: tuple[int, int] | None, *upstream: object
 ) -> TaskResult:

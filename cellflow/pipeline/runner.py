@@ -16,27 +16,33 @@ Steps, all on the client:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dask
 import pandas as pd
+import zarr
 from dask.callbacks import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cellflow.errors import SpecError
+from cellflow.errors import SpecError, StoreExistsError
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen.store import ChunkRecord, Screen
 
 __all__ = [
+    "EXIT_CODES",
     "RunResult",
     "build_graphs",
     "cluster_client",
@@ -49,7 +55,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run did."""
+    """What a run did. ``status``: ``'ok'``, ``'quarantined'`` or ``'failed'`` (:data:`EXIT_CODES`)."""
 
     screen: Screen
     tables: dict[str, pd.DataFrame]
@@ -58,6 +64,15 @@ class RunResult:
     chunks_recorded: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
     dashboard: str | None = None
+    status: str = "ok"
+    quarantined: tuple[dict[str, Any], ...] = ()
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 3 finished with quarantined fields, 1 failed."""
+        return EXIT_CODES[self.status]
 
 
 def prepare_input(spec: InputSpec, *, scheduler: Any = None) -> Screen:
@@ -71,6 +86,42 @@ def prepare_input(spec: InputSpec, *, scheduler: Any = None) -> Screen:
     store = Path(spec.store)
     if store.exists() and spec.reuse:
         return Screen.open(store)
+    if store.exists():
+        _check_replaceable(store, spec)
+    screen = _create_input(spec, store, scheduler)
+    group = zarr.open_group(store, mode="r+")
+    meta = dict(group.attrs["cellflow"])  # type: ignore[arg-type]
+    group.attrs["cellflow"] = {**meta, "source": _source_fingerprint(spec)}
+    return screen
+
+
+def _source_fingerprint(spec: InputSpec) -> str:
+    """What a store was made from (the input section without its location): same source, same fingerprint."""
+    data = spec.model_dump(mode="json", exclude={"store", "reuse"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _check_replaceable(store: Path, spec: InputSpec) -> None:
+    """Refuse to re-create ``store`` unless it was made from this same input (never lose another screen).
+
+    Raises
+    ------
+    StoreExistsError
+        ``store`` holds a screen made from another source, or a store of unknown origin.
+    """
+    try:
+        found = Screen.open(store, validate=False).attrs["cellflow"].get("source")
+    except Exception:
+        found = None
+    if found != _source_fingerprint(spec):
+        raise StoreExistsError(
+            f"input.store {store} holds another screen (made from a different input, or not by a cellflow run); "
+            "refusing to overwrite it: choose another input.store, set input.reuse: true to analyse it, "
+            "or delete it yourself"
+        )
+
+
+def _create_input(spec: InputSpec, store: Path, scheduler: Any) -> Screen:
     if spec.synthetic is not None:
         from cellflow.screen.synthetic import SyntheticSpec, write_synthetic_screen
 
@@ -95,23 +146,11 @@ def prepare_input(spec: InputSpec, *, scheduler: Any = None) -> Screen:
 def cluster_client(spec: ClusterSpec, *, address: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for the spec's cluster (None for the threaded scheduler).
 
-    ``address`` (the CLI's ``--scheduler``) overrides the spec.
+    ``address`` (the CLI's ``--scheduler``) overrides the spec. See :func:`cellflow.cluster.cluster_client`.
     """
-    if address is not None:
-        spec = spec.model_copy(update={"kind": "address", "address": address})
-    if spec.kind == "threads":
-        yield None
-        return
-    from distributed import Client, LocalCluster
+    from cellflow.cluster import cluster_client as start_cluster
 
-    if spec.kind == "address":
-        with Client(spec.address) as client:
-            yield client
-        return
-    with LocalCluster(
-        n_workers=spec.n_workers, threads_per_worker=spec.threads_per_worker, processes=True,
-        memory_limit=spec.memory_limit, dashboard_address=spec.dashboard_address, host="127.0.0.1",
-    ) as cluster, Client(cluster) as client:
+    with start_cluster(spec, address=address) as client:
         yield client
 
 
@@ -187,6 +226,9 @@ def _tables(
         if writer is None:
             continue
         rows = [row for r in results if r.stage == name and r.error is None for row in r.rows]
+        # results arrive in completion order: sort by field so tables do not depend on scheduling
+        rows.sort(key=lambda row: tuple(str(row.get(k, "")) if k in ("plate", "well") else float(row.get(k, 0) or 0)
+                                        for k in ("plate", "well", "site", "t")))
         stage_tables, stage_paths = writer(rows, out_dir, params)
         tables.update(stage_tables)
         paths.update(stage_paths)
@@ -194,9 +236,16 @@ def _tables(
 
 
 def run_spec(
-    spec: PipelineSpec, *, scheduler: str | None = None, console: Console | None = None, progress: bool = True
+    spec: PipelineSpec,
+    *,
+    scheduler: str | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    verify: bool = False,
+    spec_path: str | Path | None = None,
 ) -> RunResult:
-    """Run a pipeline spec end to end.
+    """Run a pipeline spec end to end, resuming whatever an earlier run of it left done.
 
     Parameters
     ----------
@@ -208,48 +257,185 @@ def run_spec(
         Where to print the dashboard link and progress.
     progress : bool
         Show the progress bars.
+    resume : bool
+        Skip units of work recorded done with the same parameters and inputs
+        (:mod:`cellflow.pipeline.resume`); False recomputes everything.
+    verify : bool
+        When resuming, re-hash every recorded chunk's bytes too.
+    spec_path : path, optional
+        The spec's file, for the report.
 
     Returns
     -------
     RunResult
+        ``status`` is ``'ok'``, ``'quarantined'`` (some fields failed; see
+        ``quarantined``) or ``'failed'`` (a stage produced nothing, or the run broke).
     """
+    from cellflow.pipeline.execute import Execution, execute_plans, plan_graphs
+    from cellflow.pipeline.monitor import PlateView
+
     console = console or Console()
     seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    with cluster_client(spec.cluster, address=scheduler) as client:
-        dashboard = None if client is None else client.dashboard_link
-        if dashboard:
-            console.print(f"dask dashboard: {dashboard}")
-        screen = prepare_input(spec.input, scheduler=None if client is None else client)
-        seconds["input"] = time.perf_counter() - start
-        start = time.perf_counter()
-        graphs = build_graphs(screen, spec)
-        seconds["build"] = time.perf_counter() - start
-        start = time.perf_counter()
-        results = execute_graphs(graphs, client, console, progress)
-        seconds["compute"] = time.perf_counter() - start
-    chunks = record_chunks(screen, results)
-    tables, paths = _tables(spec, results, Path(spec.output.tables))
-    result = RunResult(
-        screen=screen, tables=tables, table_paths=paths, tasks={g.name: len(g.tasks) for g in graphs},
-        chunks_recorded=chunks, seconds=seconds, dashboard=dashboard,
-    )
-    _write_summary(spec, result)
+    started = _now()
+    begin = start = time.perf_counter()
+    screen: Screen | None = None
+    execution = Execution()
+    planned: list[Any] = []
+    dashboard = None
+    failure: str | None = None
+    tables: dict[str, pd.DataFrame] = {}
+    paths: dict[str, Path] = {}
+    out_dir = Path(spec.output.tables)
+    _check_tables_folder(out_dir, Path(spec.input.store))
+    try:
+        with cluster_client(spec.cluster, address=scheduler) as client:
+            dashboard = None if client is None else client.dashboard_link
+            if dashboard:
+                console.print(f"dask dashboard: {dashboard}")
+            screen = prepare_input(spec.input, scheduler=None if client is None else client)
+            seconds["input"] = time.perf_counter() - start
+            start = time.perf_counter()
+            planned = plan_graphs(screen, spec, resume=resume, verify=verify)
+            seconds["build"] = time.perf_counter() - start
+            view = PlateView(screen, planned, out_dir, dashboard=dashboard)
+            console.print(f"plate view: {view.html_path}")
+            start = time.perf_counter()
+            execution = execute_plans(
+                screen, planned, client, console, show=progress, retries=int(getattr(spec.cluster, "retries", 2)),
+                on_unit=view.update,
+            )
+            seconds["compute"] = time.perf_counter() - start
+            view.finish()
+        tables, paths = _tables(spec, execution.results, out_dir)
+    except Exception as error:  # the run broke: say so in run.json, then let the caller see it
+        failure = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        seconds["total"] = time.perf_counter() - begin
+        status = _status(execution, failure)
+        result = RunResult(
+            screen=screen, tables=tables, table_paths=paths,  # type: ignore[arg-type]
+            tasks={s.name: len(s.plan.units) for s in planned},
+            chunks_recorded=dict(execution.chunks_written), seconds=seconds, dashboard=dashboard,
+            status=status, quarantined=tuple(q.to_dict() for q in execution.quarantined),
+            stages=_stage_summary(planned, execution), error=failure,
+        )
+        if screen is not None or failure is not None:
+            _write_summary(spec, result, started=started, spec_path=spec_path)
     return result
 
 
-def _write_summary(spec: PipelineSpec, result: RunResult) -> Path:
+def _check_tables_folder(out_dir: Path, store: Path) -> None:
+    """Refuse to write a run's tables over those of a run on another store.
+
+    Raises
+    ------
+    StoreExistsError
+        ``out_dir/run.json`` records a different store.
+    """
+    summary = out_dir / "run.json"
+    if not summary.is_file():
+        return
+    try:
+        previous = json.loads(summary.read_text()).get("store")
+    except (OSError, ValueError):
+        previous = None
+    if previous and Path(previous).resolve() != store.resolve():
+        raise StoreExistsError(
+            f"output.tables {out_dir} holds the tables of a run on another store ({previous}); "
+            f"refusing to overwrite them with the tables of {store}: choose another output.tables"
+        )
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(execution: Any, failure: str | None) -> str:
+    if failure is not None:
+        return "failed"
+    if any(c["units"] and not (c["done"] or c["skipped"]) for c in execution.counts.values()):
+        return "failed"  # a stage produced nothing at all
+    return "quarantined" if execution.quarantined else "ok"
+
+
+#: ``cellflow run`` exit status per run status.
+EXIT_CODES: dict[str, int] = {"ok": 0, "quarantined": 3, "failed": 1}
+
+
+def _stage_summary(planned: Sequence[Any], execution: Any) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for stage in planned:
+        counts = execution.counts.get(stage.name, {"units": len(stage.plan.units), "skipped": 0, "done": 0,
+                                                   "quarantined": 0})
+        finished = execution.finished_s.get(stage.name, 0.0)
+        fields_done = sum(len(u.fields) for u in stage.plan.todo) if counts["done"] else 0
+        out[stage.name] = {
+            "tasks": counts["units"], "done": counts["done"], "skipped": counts["skipped"],
+            "quarantined": counts["quarantined"], "seconds": round(finished, 3),
+            "fields_per_s": round(fields_done / finished, 3) if finished > 0 and fields_done else None,
+        }
+    return out
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for package in ("cellflow", "numpy", "dask", "distributed", "zarr", "xarray", "scikit-image", "torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _models(spec: PipelineSpec) -> list[dict[str, str]]:
+    from cellflow.nn.checkpoint import file_sha256
+
+    models = []
+    for name, raw in spec.stages.items():
+        found = [(raw or {}).get("model"), ((raw or {}).get("predict") or {}).get("model")]
+        for path in filter(None, found):
+            entry = {"stage": name, "path": str(path)}
+            try:
+                from cellflow.nn.checkpoint import load_checkpoint
+
+                checkpoint = load_checkpoint(path)
+                entry.update(sha256=checkpoint.sha256, architecture=checkpoint.model.name)
+            except Exception:  # the report says what it could not read; the stage reported the error itself
+                entry.update(sha256=file_sha256(path) if Path(path).is_file() else "", architecture="unreadable")
+            models.append(entry)
+    return models
+
+
+def _write_summary(spec: PipelineSpec, result: RunResult, *, started: str, spec_path: str | Path | None) -> Path:
     out = Path(spec.output.tables)
     out.mkdir(parents=True, exist_ok=True)
+    screen = result.screen
     summary = {
+        "run_id": f"{started.replace('-', '').replace(':', '')}-{uuid.uuid4().hex[:6]}",
         "spec": spec.model_dump(mode="json"),
-        "store": str(result.screen.path),
-        "screen_id": result.screen.screen_id,
+        "spec_path": None if spec_path is None else str(spec_path),
+        "store": str(screen.path if screen is not None else spec.input.store),
+        "screen_id": None if screen is None else screen.screen_id,
+        "started": started, "finished": _now(),
+        "status": result.status, "exit_code": EXIT_CODES[result.status], "error": result.error,
+        "versions": _versions(),
+        "dashboard": result.dashboard,
+        "cluster": spec.cluster.model_dump(mode="json"),
+        "stages": result.stages,
         "tasks": result.tasks,
         "chunks_recorded": result.chunks_recorded,
         "seconds": result.seconds,
+        "quarantined": list(result.quarantined),
         "tables": {k: str(v) for k, v in result.table_paths.items()},
+        "models": _models(spec),
+        "illumination": screen is not None and "illumination" in screen.variables,
     }
     path = out / "run.json"
-    path.write_text(json.dumps(summary, indent=2))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
     return path

@@ -30,7 +30,7 @@ from cellflow.pipeline.runner import build_graphs, cluster_client, execute_graph
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["SegmentResult", "segment"]
+__all__ = ["LABEL_TIFFS", "SegmentResult", "TiffExport", "run_on_images", "segment"]
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -58,19 +58,42 @@ def _work_store(keep: Path | None) -> Iterator[Path]:
         yield Path(tmp) / "segment.zarr"
 
 
-def _planned_outputs(folder: Path, output: Path, overwrite: bool) -> None:
+@dataclass(frozen=True)
+class TiffExport:
+    """How a folder run writes its per-image outputs: which variable, file suffix, and dtype."""
+
+    variable: str
+    suffix: str
+    kind: str  # "label" or "probability", for messages
+
+    def path(self, out_dir: Path, stem: str) -> Path:
+        """The output file of the input named ``stem``."""
+        return out_dir / f"{stem}{self.suffix}.tif"
+
+
+LABEL_TIFFS = TiffExport("labels_nuclei", "", "label")
+
+
+def _planned_outputs(folder: Path, output: Path, overwrite: bool, export: TiffExport) -> None:
     stems = [p.stem for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
-    clashes = [output / f"{s}.tif" for s in stems if (output / f"{s}.tif").exists()]
+    clashes = [export.path(output, s) for s in stems if export.path(output, s).exists()]
     if clashes and not overwrite:
         raise StoreExistsError(
-            f"{len(clashes)} label file(s) already exist in {output}, e.g. {clashes[0]}; pass --overwrite to replace"
+            f"{len(clashes)} {export.kind} file(s) already exist in {output}, e.g. {clashes[0]}; "
+            "pass --overwrite to replace"
         )
 
 
 def _write_tiff(screen: Screen, variable: str, key: FieldKey, extent: tuple[int, int], path: Path) -> int:
-    labels = screen.read(variable, **key._asdict())[: extent[0], : extent[1]]
-    tifffile.imwrite(path, np.ascontiguousarray(labels, dtype=np.uint32), compression="zlib")
-    return int(np.unique(labels[labels > 0]).size)
+    """Write one field's ``variable`` cropped to its extent; the object count (labels) or the classes."""
+    data = screen.read(variable, **key._asdict())[..., : extent[0], : extent[1]]
+    if variable.startswith("labels_"):
+        tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.uint32), compression="zlib")
+        return int(np.unique(data[data > 0]).size)
+    # one grey page per class (never RGB, whatever the number of classes)
+    tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.float32), photometric="minisblack",
+                     compression="zlib")
+    return int(data.shape[0])
 
 
 def segment(
@@ -122,15 +145,41 @@ def segment(
     IngestError
         ``source`` is neither a folder of images nor a store, or nothing in it is readable.
     """
-    from cellflow.screen.ingest import ingest_images
-    from cellflow.screen.store import Screen
-
     if (params is None) == (model is None):
         raise ValueError("segment: give exactly one of params (classical) and model (a checkpoint)")
     stages = (
         {"autolabel": params.to_dict()} if model is None
         else {"predict": {"model": str(model), "tile": tile}, "labels": {}}
     )
+    return run_on_images(source, output, stages, export=LABEL_TIFFS, cluster=cluster, scheduler=scheduler,
+                         overwrite=overwrite, keep_store=keep_store, console=console, progress=progress)
+
+
+def run_on_images(
+    source: str | Path,
+    output: str | Path | None,
+    stages: dict[str, dict[str, Any]],
+    *,
+    export: TiffExport,
+    cluster: ClusterSpec | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    keep_store: str | Path | None = None,
+    console: Console | None = None,
+    progress: bool = True,
+) -> SegmentResult:
+    """Run pipeline ``stages`` on a store (in place) or a folder of images (one TIFF each out).
+
+    The shared core of :func:`segment` and :func:`~cellflow.pipeline.predict.predict`: for a
+    folder, refuse to overwrite existing outputs (unless ``overwrite``), ingest the images
+    into a store (unreadable files are reported, the rest go on), run the stages, and write
+    ``export.variable`` of each field, cropped to its image's size, to ``export.path``.
+    Other parameters as for :func:`segment`; ``SegmentResult.objects`` holds the object count
+    per label file, or the number of classes per probability file.
+    """
+    from cellflow.screen.ingest import ingest_images
+    from cellflow.screen.store import Screen
+
     source = Path(source)
     console = console or Console()
     cluster = cluster or ClusterSpec()
@@ -140,8 +189,8 @@ def segment(
     out_dir = None if as_store or output is None else Path(output)
     if not as_store:
         if out_dir is None:
-            raise IngestError(f"segmenting the folder {source} needs an OUTPUT folder for the label files")
-        _planned_outputs(source, out_dir, overwrite)
+            raise IngestError(f"the folder {source} needs an output folder for the {export.kind} files")
+        _planned_outputs(source, out_dir, overwrite, export)
     with _work_store(None if keep_store is None else Path(keep_store)) as store, \
             cluster_client(cluster, address=scheduler) as client:
         if client is not None:
@@ -159,21 +208,23 @@ def segment(
         graphs = build_graphs(screen, spec)
         results = execute_graphs(graphs, client, console, progress)
         record_chunks(screen, results)
-        files, counts = ((), {}) if out_dir is None else _export_label_tiffs(screen, out_dir, client)
+        files, counts = ((), {}) if out_dir is None else _export_tiffs(screen, out_dir, client, export)
     return SegmentResult(store=Path(store), label_files=files, failed=failed, objects=counts)
 
 
-def _export_label_tiffs(screen: Screen, out_dir: Path, client: Any) -> tuple[tuple[Path, ...], dict[str, int]]:
-    """One uint32 TIFF per acquired field, named by its source file's stem, cropped to its extent."""
+def _export_tiffs(
+    screen: Screen, out_dir: Path, client: Any, export: TiffExport
+) -> tuple[tuple[Path, ...], dict[str, int]]:
+    """One TIFF per acquired field, named by its source file's stem, cropped to its extent."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = screen.dataset()
     every = screen.fields(acquired_only=False)
     names = {k: str(v) for k, v in zip(every, ds.source_name.values.ravel())}
     sizes = {k: (int(y), int(x)) for k, y, x in zip(every, ds.extent_y.values.ravel(), ds.extent_x.values.ravel())}
-    files = tuple(out_dir / f"{names[key]}.tif" for key in screen.fields())
+    files = tuple(export.path(out_dir, names[key]) for key in screen.fields())
     tasks = [
-        dask.delayed(_write_tiff)(screen, "labels_nuclei", key, sizes[key], path)
+        dask.delayed(_write_tiff)(screen, export.variable, key, sizes[key], path)
         for key, path in zip(screen.fields(), files)
     ]
     found = dask.compute(*tasks, scheduler="threads" if client is None else client)
-    return files, {p.stem: int(n) for p, n in zip(files, found)}
+    return files, {names[key]: int(n) for key, n in zip(screen.fields(), found)}

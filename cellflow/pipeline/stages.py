@@ -70,9 +70,24 @@ STAGES: dict[str, StageEntry] = {
             "instances from stored probabilities (markers + watershed) -> `labels_nuclei`",
         ),
         StageEntry(
+            "segment", "cellflow.graph.segment:SegmentParams", "cellflow.graph.segment:build_segment",
+            "predict + labels in one task per field (probabilities kept in memory) -> `labels_nuclei`",
+        ),
+        StageEntry(
             "score", "cellflow.graph.score:ScoreParams", "cellflow.graph.score:build_score",
             "Caicedo 2019 object-level scores of `pred` against `truth` -> score tables",
             tables_target="cellflow.graph.score:score_tables",
+        ),
+        StageEntry(
+            "track", "cellflow.graph.track:TrackStageParams", "cellflow.graph.track:build_track",
+            "time-lapse tracking (LAP linking, gap closing, divisions) of a label variable per site -> track tables",
+            tables_target="cellflow.graph.track:track_tables",
+        ),
+        StageEntry(
+            "measure", "cellflow.graph.measure:MeasureParams", "cellflow.graph.measure:build_measure",
+            "per-object shape/intensity/DNA content -> Parquet object parts in the store; "
+            "field/well tables, 4N fraction, Z'",
+            tables_target="cellflow.graph.measure:measure_tables",
         ),
     )
 }

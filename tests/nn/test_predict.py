@@ -198,3 +198,30 @@ def test_gpu_tiles_match_cpu_whole_image(image):
     # cuDNN convolutions may run in TF32 by default (torch.backends.cudnn.allow_tf32), ~1e-3
     # relative: the cross-device comparison gets that tolerance, not the CPU one.
     assert np.abs(tiled - reference).max() <= 1e-3
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet", "deepcell"])
+def test_fold_batch_norm_keeps_the_function_and_the_geometry(name):
+    """Folding is exact algebra (BN in eval mode is affine): outputs agree to float rounding
+    (1e-4 on logits of order 1), no BatchNorm follows a convolution any more, the original
+    model is untouched, and the receptive radius (the halo) is unchanged."""
+    from cellflow.nn.models import build_model
+    from cellflow.nn.predict import fold_batch_norm
+
+    torch.manual_seed(1)
+    options = {"width": 2, "dense_width": 2} if name == "deepcell" else {"width": 2}
+    model = build_model(name, in_channels=1, classes=3, **options)
+    for module in model.modules():  # non-trivial running statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    model.eval()
+    folded = fold_batch_norm(model)
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), atol=1e-4, rtol=0)
+    assert folded.receptive_radius == model.receptive_radius
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) < \
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(model.train())

@@ -45,7 +45,7 @@ def test_nuclei_fluorescence_spec_same_tables_on_local_cluster_and_threads(tmp_p
     cluster_labels = _labels(on_cluster.screen, "labels_nuclei")
     threaded = run_spec(
         _spec_with(path, **moved, **{"output.tables": str(tmp_path / "threads"), "cluster.kind": "threads"}),
-        progress=False,
+        progress=False, resume=False,  # recompute on threads (a resumed run would skip every unit)
     )
     assert threaded.dashboard is None
     assert on_cluster.tasks == threaded.tasks == {"autolabel": 74, "score": 74}

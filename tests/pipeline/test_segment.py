@@ -8,6 +8,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+from rich.console import Console
 
 from cellflow.errors import StoreExistsError
 from cellflow.graph import AutolabelParams
@@ -112,3 +113,53 @@ def test_folder_with_a_model_equals_eager_inference(folder, tmp_path):
         np.testing.assert_allclose(stored, expected, atol=1e-4, rtol=0)
         labels = tifffile.imread(out / f"{name}.tif")
         np.testing.assert_array_equal(labels, probabilities_to_labels(stored))
+
+
+def test_segment_stage_equals_predict_then_labels(tmp_path):
+    """The one-task `segment` stage writes exactly the labels of the `predict` + `labels` stages
+    (same kernels, probabilities kept in memory), and no probabilities."""
+    import torch
+
+    from cellflow.nn.checkpoint import save_checkpoint
+    from cellflow.nn.models import build_model
+    from cellflow.nn.normalize import Normalization
+    from cellflow.pipeline.runner import build_graphs, execute_graphs
+    from cellflow.pipeline.spec import InputSpec, PipelineSpec
+    from cellflow.screen import Screen
+    from cellflow.screen.synthetic import SyntheticSpec, write_synthetic_screen
+
+    torch.manual_seed(5)
+    model = build_model("unet", in_channels=1, classes=3, width=2)
+    save_checkpoint(tmp_path / "m.pt", model, normalization=Normalization("percentile"), channels=["DNA"],
+                    class_names=["background", "interior", "boundary"])
+    spec = SyntheticSpec(shape_yx=(64, 80), wells=("A01",), sites=2, channels=("DNA",), nuclei_per_field=6, seed=2)
+    write_synthetic_screen(tmp_path / "a.zarr", spec, scheduler="synchronous")
+    shutil.copytree(tmp_path / "a.zarr", tmp_path / "b.zarr")
+    predict = {"model": str(tmp_path / "m.pt"), "tile": 32}
+    post = {"min_area": 1}
+    runs = {"a.zarr": {"predict": predict, "labels": {"postprocess": post}},
+            "b.zarr": {"segment": {"predict": predict, "postprocess": post}}}
+    for name, stages in runs.items():
+        screen = Screen.open(tmp_path / name)
+        graphs = build_graphs(screen, PipelineSpec(name=name, input=InputSpec(store=screen.path), stages=stages))
+        results = execute_graphs(graphs, None, Console(quiet=True), False)
+        assert [r.error for r in results if r.error is not None] == []
+    two, one = Screen.open(tmp_path / "a.zarr"), Screen.open(tmp_path / "b.zarr")
+    assert "probabilities" in two.variables and "probabilities" not in one.variables
+    for key in two.fields():
+        expected = two.read("labels_nuclei", **key._asdict())
+        np.testing.assert_array_equal(one.read("labels_nuclei", **key._asdict()), expected)
+    assert sum(int(two.read("labels_nuclei", **k._asdict()).max()) for k in two.fields()) > 0
+
+
+def test_segment_params_name_what_is_wrong():
+    from cellflow.graph.segment import SegmentParams
+
+    params = SegmentParams.from_dict({"predict": {"model": "m.pt", "tile": 64}, "postprocess": {"min_area": 3}})
+    assert SegmentParams.from_dict(params.to_dict()) == params
+    with pytest.raises(ValueError, match=r"SegmentParams.predict is required"):
+        SegmentParams.from_dict({"output": "labels_nuclei"})
+    with pytest.raises(ValueError, match=r"SegmentParams.output must be a labels_\* variable, got 'nuclei'"):
+        SegmentParams.from_dict({"predict": {"model": "m.pt"}, "output": "nuclei"})
+    with pytest.raises(ValueError, match=r"PredictParams.tile must be an int >= 1"):
+        SegmentParams.from_dict({"predict": {"model": "m.pt", "tile": 0}})

@@ -1,0 +1,225 @@
+"""Plan, run and record a spec's stages: skip what is done, record each unit as it finishes.
+
+:func:`plan_graphs` builds each stage over every field once (lazy; it only discovers
+the stage's units and their tokens, :mod:`cellflow.pipeline.resume`), then again over
+the fields whose units are not done, chained to the previous stage's graph of the
+same kind. :func:`execute_plans` computes those units in one dask graph and, as each
+finishes, on the client (the store's single writer): marks the chunks it wrote in the
+variable ledgers, then appends its ``done`` line to the stage's task log, or its
+``failed`` line and quarantines its fields. A unit's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+from dask.callbacks import Callback
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cellflow.graph import StageGraph, TaskResult
+from cellflow.pipeline.resume import (
+    StagePlan,
+    TaskLog,
+    Unit,
+    done_entry,
+    failed_entry,
+    field_id,
+    input_digests,
+    pending_entry,
+    plan_stage,
+)
+from cellflow.pipeline.spec import PipelineSpec
+from cellflow.screen.store import ChunkRecord, Screen
+
+__all__ = ["PlannedStage", "Quarantine", "execute_plans", "plan_graphs"]
+
+
+@dataclass
+class PlannedStage:
+    """A stage's plan (units done and to do) and the graph of the units to do."""
+
+    name: str
+    plan: StagePlan
+    graph: StageGraph
+
+    def pending(self) -> list[tuple[Unit, Any]]:
+        """(unit, delayed) for every unit to compute."""
+        if not self.graph.by_field:
+            return [(self.plan.todo[0], task) for task in self.graph.tasks] if self.plan.todo else []
+        return [(unit, self.graph.by_field[unit.fields[0]]) for unit in self.plan.todo]
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """A field a stage could not process, and why."""
+
+    stage: str
+    field: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run report's row: stage, plate, well, site, t, error."""
+        plate, well, site, t = self.field.split("/") if self.field.count("/") == 3 else ("", "", "", "")
+        return {"stage": self.stage, "plate": plate, "well": well, "site": int(site) if site else None,
+                "t": float(t) if t else None, "field": self.field, "error": self.error}
+
+
+def plan_graphs(screen: Screen, spec: PipelineSpec, *, resume: bool = True, verify: bool = False) -> list[PlannedStage]:
+    """Build and plan every stage in spec order, creating output variables as it goes (lazy)."""
+    inputs = input_digests(screen)
+    planned: list[PlannedStage] = []
+    previous_full: StageGraph | None = None
+    previous_run: StageGraph | None = None
+    upstream: dict[Any, str] = {}
+    for name, entry, params in spec.stage_entries():
+        full = entry.build(screen, params, after=previous_full)
+        full.create_outputs(screen)
+        plan = plan_stage(screen, name, params, full, upstream=upstream, inputs=inputs, resume=resume, verify=verify)
+        if not full.by_field:  # a stage without per-field results: one unit, always run
+            plan.todo = [Unit(id="*", fields=(), token="")]
+            graph = full
+        elif not plan.todo:
+            graph = StageGraph(name, full.outputs, (), {})
+        elif not plan.skipped and previous_run is previous_full:
+            graph = full
+        else:
+            graph = entry.build(screen, params, after=previous_run, fields=[f for u in plan.todo for f in u.fields])
+        planned.append(PlannedStage(name, plan, graph))
+        upstream = plan.token_of
+        previous_full, previous_run = full, graph
+    return planned
+
+
+class _Completions(Callback):  # type: ignore[misc]
+    """Threaded scheduler: hands each finished unit to the recorder, in the scheduler's thread."""
+
+    def __init__(self, units: dict[Any, tuple[str, Unit]], record: Callable[..., None],
+                 started: Callable[[Any], None]) -> None:
+        super().__init__()
+        self._units = units
+        self._record = record
+        self._started = started
+
+    def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
+        if key in self._units:
+            self._started(key)
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if key in self._units:
+            stage, unit = self._units[key]
+            self._record(stage, unit, result)
+
+
+@dataclass
+class Execution:
+    """What :func:`execute_plans` did."""
+
+    results: list[TaskResult] = field(default_factory=list)
+    quarantined: list[Quarantine] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    finished_s: dict[str, float] = field(default_factory=dict)
+    chunks_written: dict[str, int] = field(default_factory=dict)
+
+
+class _Recorder:
+    """Client-side bookkeeping of finished units (the store's single writer)."""
+
+    def __init__(self, screen: Screen, stages: Sequence[PlannedStage], advance: Callable[[str], None],
+                 on_unit: Callable[[str, Unit, TaskResult], None] | None) -> None:
+        self.screen = screen
+        self.logs = {s.name: TaskLog(screen, s.name) for s in stages}
+        self.execution = Execution()
+        self.advance = advance
+        self.on_unit = on_unit
+        self.start = time.perf_counter()
+        self.started_path = Path(screen.path) / "_cellflow" / "tasks" / "started.log"
+        for s in stages:
+            self.execution.counts[s.name] = {"units": len(s.plan.units), "skipped": len(s.plan.skipped),
+                                             "done": 0, "quarantined": 0}
+            self.execution.results.extend(result for _, result in s.plan.skipped)
+
+    def started(self, key: Any) -> None:
+        """Note a unit's start (not fsync'ed: only kill-and-resume accounting reads it)."""
+        with open(self.started_path, "a", encoding="utf-8") as handle:
+            handle.write(f"{key}\n")
+
+    def record(self, stage: str, unit: Unit, result: Any) -> None:
+        if not isinstance(result, TaskResult):
+            result = TaskResult(stage=stage, error=str(result) if isinstance(result, BaseException) else
+                                f"task returned {type(result).__name__}, not a TaskResult")
+        counts = self.execution.counts[stage]
+        if result.error is None:
+            by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
+            for record in result.records:
+                by_variable[record.variable].append(record)
+            for name, records in by_variable.items():
+                self.screen.ledger(name).mark(records)  # the writes returned before the task did
+                self.execution.chunks_written[name] = self.execution.chunks_written.get(name, 0) + len(records)
+            if unit.token:
+                self.logs[stage].append([done_entry(unit, result)])
+            counts["done"] += 1
+        else:
+            if unit.token:
+                self.logs[stage].append([failed_entry(unit, result.error)])
+            counts["quarantined"] += 1
+            self.execution.quarantined.extend(Quarantine(stage, field_id(f), result.error) for f in unit.fields)
+        self.execution.results.append(result)
+        self.execution.finished_s[stage] = time.perf_counter() - self.start
+        self.advance(stage)
+        if self.on_unit is not None:
+            self.on_unit(stage, unit, result)
+
+
+def execute_plans(
+    screen: Screen,
+    stages: Sequence[PlannedStage],
+    client: Any,
+    console: Console,
+    *,
+    show: bool = True,
+    retries: int = 2,
+    on_unit: Callable[[str, Unit, TaskResult], None] | None = None,
+) -> Execution:
+    """Compute every stage's pending units in one graph, recording each as it finishes.
+
+    ``client`` None runs on the threaded scheduler. ``retries``: how often the distributed
+    scheduler re-runs a unit whose worker died (a task that raises is quarantined by the
+    stage's own guard, :func:`cellflow.graph.guarded`, not retried blindly).
+    """
+    pending = [(s.name, unit, task) for s in stages for unit, task in s.pending()]
+    for s in stages:  # whatever these units did before no longer counts
+        TaskLog(screen, s.name).append(pending_entry(u) for u in s.plan.todo if u.token)
+    with Progress(
+        TextColumn("{task.description:>22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not show, transient=False,
+    ) as progress:
+        bars = {s.name: progress.add_task(
+            f"{s.name}" + (f" ({len(s.plan.skipped)} done before)" if s.plan.skipped else ""),
+            total=len(s.plan.units), completed=len(s.plan.skipped)) for s in stages}
+        recorder = _Recorder(screen, stages, lambda stage: progress.advance(bars[stage]), on_unit)
+        if not pending:
+            return recorder.execution
+        if client is None:
+            units = {task.key: (stage, unit) for stage, unit, task in pending}
+            with _Completions(units, recorder.record, recorder.started):
+                dask.compute(*[task for _, _, task in pending], scheduler="threads")
+            return recorder.execution
+        from distributed import as_completed
+
+        futures = client.compute([task for _, _, task in pending], retries=retries)
+        owner = {f.key: (stage, unit) for f, (stage, unit, _) in zip(futures, pending)}
+        for future in as_completed(futures):
+            stage, unit = owner[future.key]
+            if future.status == "finished":
+                recorder.record(stage, unit, future.result())
+            else:  # the worker died more often than allowed, or an unguarded task raised
+                error = future.exception()
+                recorder.record(stage, unit, TaskResult(stage=stage, error=f"{type(error).__name__}: {error}"))
+        return recorder.execution
