@@ -20,8 +20,8 @@ import torch
 
 from cellflow.nn.augment import AugmentParams
 from cellflow.nn.normalize import Normalization
-from cellflow.ops.postprocess import PostprocessParams
 from cellflow.nn.train import TrainParams, train
+from cellflow.ops.postprocess import PostprocessParams
 from cellflow.screen import ingest_nuclei_pairs
 from cellflow.screen.store import Screen
 
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patience", type=int, default=15)
+    parser.add_argument("--init-from", default=None, help="checkpoint to fine-tune (same architecture)")
+    parser.add_argument("--lr", type=float, default=2e-3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +55,8 @@ def main() -> None:
         # the boundary band the 3-class targets put one pixel outside each contour
         augment=AugmentParams(p_scale=0.6, scale_range=(0.5, 2.0)),
         postprocess=PostprocessParams(shrink_px=1),
-        crop_size=192, batch_size=8, optimizer="adam", learning_rate=2e-3, schedule="cosine",
+        crop_size=192, batch_size=8, optimizer="adam", learning_rate=args.lr, init_from=args.init_from,
+        schedule="cosine",
         epochs=args.epochs, steps_per_epoch=args.steps, patience=args.patience, validation_fraction=0.2, seed=2017,
     )
     start = time.perf_counter()

@@ -141,6 +141,9 @@ class TrainParams:
         In (0, 1).
     device : {'cpu', 'cuda'}
         ``'cuda'`` trains with bf16 autocast.
+    init_from : str, optional
+        A checkpoint of the same architecture to start from (fine-tuning), else a
+        seeded random initialisation.
 
     Raises
     ------
@@ -181,6 +184,7 @@ class TrainParams:
     validation_sites: Sequence[int] | None = None
     validation_fraction: float = 0.25
     device: str = "cpu"
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -374,6 +378,17 @@ def _metadata(params: TrainParams, model: SegmentationModel, screens: Sequence[S
     }
 
 
+def _load_initial_weights(model: SegmentationModel, path: str) -> None:
+    """Start from a checkpoint's weights (fine-tuning); its architecture must be the model's."""
+    from cellflow.nn.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    if checkpoint.model.to_dict() != model.config.to_dict():
+        raise _fail("init_from", f"a checkpoint of the same architecture {model.config.to_dict()!r}",
+                    f"{path} ({checkpoint.model.to_dict()!r})")
+    model.load_state_dict(dict(checkpoint.state_dict))
+
+
 def _checked_crop(params: TrainParams, model: SegmentationModel) -> None:
     if params.crop_size % model.downsampling:
         raise _fail("crop_size", f"a multiple of the model's down-sampling factor {model.downsampling}",
@@ -430,6 +445,8 @@ def train(
     truths = [_truth(ref, params, val_sampler, index) for index, ref in enumerate(validation)]
     with _reproducible(params.seed, device):
         model = params.model_config(planes.pop()).build().to(device)
+        if params.init_from is not None:
+            _load_initial_weights(model, params.init_from)
         _checked_crop(params, model)
         metadata = _metadata(params, model, screens, training, validation)
         history, best, initial_f1, sha = _fit(model, sampler, val_sampler, truths, params, device,

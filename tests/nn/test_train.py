@@ -146,3 +146,24 @@ def test_z_all_stacks_planes(tmp_path: Path) -> None:
     ckpt = load_checkpoint(result.checkpoint)
     assert ckpt.model.in_channels == 3 and ckpt.channels == ("BF@z0", "BF@z1", "BF@z2")
     assert np.isfinite(result.history[0].loss)
+
+
+def test_init_from_starts_at_the_checkpoint_and_checks_the_architecture(tmp_path):
+    from cellflow.nn.checkpoint import load_checkpoint
+    from cellflow.nn.train import TrainParams, train
+    from cellflow.screen.synthetic import SyntheticSpec, write_synthetic_screen
+
+    screen = write_synthetic_screen(tmp_path / "s.zarr", SyntheticSpec(wells=("A01",), sites=2, shape_yx=(64, 64),
+                                                                       channels=("DNA",), seed=1))
+    base = dict(channels=("DNA",), model="unet", model_options={"width": 2, "levels": 2}, crop_size=32, batch_size=2,
+                steps_per_epoch=1, validation_fraction=0.5, seed=0)
+    first = train(screen, TrainParams(epochs=1, **base), out=tmp_path / "a")
+    # zero epochs of change: a tiny learning rate keeps the weights within float noise of the start
+    again = train(screen, TrainParams(epochs=1, learning_rate=1e-12, init_from=str(first.checkpoint), **base),
+                  out=tmp_path / "b")
+    a, b = load_checkpoint(first.checkpoint).state_dict, load_checkpoint(again.checkpoint).state_dict
+    weights = [k for k in a if "running_" not in k and "num_batches" not in k]  # batch-norm statistics move
+    assert weights and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in weights)
+    with pytest.raises(ValueError, match="init_from"):
+        train(screen, TrainParams(epochs=1, init_from=str(first.checkpoint),
+                                  **{**base, "model_options": {"width": 4, "levels": 2}}), out=tmp_path / "c")
