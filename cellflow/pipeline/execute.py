@@ -101,7 +101,7 @@ class _Completions(Callback):  # type: ignore[misc]
     """Threaded scheduler: hands each finished unit to the recorder, in the scheduler's thread."""
 
     def __init__(self, units: dict[Any, tuple[str, Unit]], record: Callable[..., None],
-                 started: Callable[[Any], None]) -> None:
+                 started: Callable[[str, Unit], None]) -> None:
         super().__init__()
         self._units = units
         self._record = record
@@ -109,7 +109,7 @@ class _Completions(Callback):  # type: ignore[misc]
 
     def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
         if key in self._units:
-            self._started(key)
+            self._started(*self._units[key])
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         if key in self._units:
@@ -145,10 +145,10 @@ class _Recorder:
                                              "done": 0, "quarantined": 0}
             self.execution.results.extend(result for _, result in s.plan.skipped)
 
-    def started(self, key: Any) -> None:
-        """Note a unit's start (not fsync'ed: only kill-and-resume accounting reads it)."""
+    def started(self, stage: str, unit: Unit) -> None:
+        """Note a unit's start, ``<stage> <unit id>`` (not fsync'ed: only kill-and-resume accounting reads it)."""
         with open(self.started_path, "a", encoding="utf-8") as handle:
-            handle.write(f"{key}\n")
+            handle.write(f"{stage} {unit.id}\n")
 
     def record(self, stage: str, unit: Unit, result: Any) -> None:
         if not isinstance(result, TaskResult):
