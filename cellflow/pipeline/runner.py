@@ -95,6 +95,20 @@ def prepare_input(spec: InputSpec, *, scheduler: Any = None) -> Screen:
     return screen
 
 
+#: Where an ingest's bad files are kept, relative to the store.
+INGEST_REPORT = Path("_cellflow") / "ingest.json"
+
+
+def ingest_failures(screen: Screen) -> list[dict[str, Any]]:
+    """The files the store's ingest could not read, as quarantine rows (stage ``ingest``)."""
+    path = Path(screen.path) / INGEST_REPORT
+    if not path.is_file():
+        return []
+    failed = json.loads(path.read_text()).get("failed", [])
+    return [{"stage": "ingest", "plate": None, "well": None, "site": None, "t": None, "field": file,
+             "error": reason} for file, reason in failed]
+
+
 def _source_fingerprint(spec: InputSpec) -> str:
     """What a store was made from (the input section without its location): same source, same fingerprint."""
     data = spec.model_dump(mode="json", exclude={"store", "reuse"})
@@ -131,13 +145,16 @@ def _create_input(spec: InputSpec, store: Path, scheduler: Any) -> Screen:
         from cellflow.screen.ingest import ingest, ingest_nuclei_pairs
 
         if spec.nuclei_pairs is not None:
-            ingest_nuclei_pairs(
+            report = ingest_nuclei_pairs(
                 spec.nuclei_pairs, store, sources=spec.sources, modalities=spec.modalities,
                 overwrite=store.exists(), scheduler=scheduler,
             )
         else:
             assert spec.folder is not None and spec.pattern is not None  # InputSpec guarantees both
-            ingest(spec.folder, store, pattern=spec.pattern, overwrite=store.exists(), scheduler=scheduler)
+            report = ingest(spec.folder, store, pattern=spec.pattern, overwrite=store.exists(), scheduler=scheduler)
+        # kept with the store: every later run (and its report) lists the files that could not be read
+        (store / INGEST_REPORT).write_text(json.dumps(
+            {"failed": [list(f) for f in report.failed], "notes": list(report.notes)}, indent=1))
         return Screen.open(store)
     raise SpecError(f"input.store {store} does not exist and the spec names no synthetic/nuclei_pairs/folder source")
 
@@ -312,12 +329,15 @@ def run_spec(
         raise
     finally:
         seconds["total"] = time.perf_counter() - begin
+        bad_files = ingest_failures(screen) if screen is not None else []
         status = _status(execution, failure)
+        if status == "ok" and bad_files:
+            status = "quarantined"
         result = RunResult(
             screen=screen, tables=tables, table_paths=paths,  # type: ignore[arg-type]
             tasks={s.name: len(s.plan.units) for s in planned},
             chunks_recorded=dict(execution.chunks_written), seconds=seconds, dashboard=dashboard,
-            status=status, quarantined=tuple(q.to_dict() for q in execution.quarantined),
+            status=status, quarantined=(*bad_files, *(q.to_dict() for q in execution.quarantined)),
             stages=_stage_summary(planned, execution), error=failure,
         )
         if screen is not None or failure is not None:

@@ -247,8 +247,12 @@ def read_checked(path: str | Path, spec: PlaneSpec) -> np.ndarray:
         raise BadFile(
             path, f"has {data.shape[0]} planes (pages); expected {spec.n_planes} like {spec.reference}"
         )
-    if data.dtype.kind == "f" and data.size and not np.isfinite(data).any():
-        raise BadFile(path, "holds only NaN or infinite values")
+    if data.dtype.kind == "f" and data.size:
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad == data.size:
+            raise BadFile(path, "holds only NaN or infinite values")
+        if bad and np.dtype(spec.dtype).kind != "f":  # a float store keeps NaN as "no data"; an integer one cannot
+            raise BadFile(path, f"holds {bad} NaN or infinite pixels of {data.size}; the store holds {spec.dtype}")
     try:
         return cast_lossless(spec.variable, data, spec.dtype)
     except RegionError as exc:
