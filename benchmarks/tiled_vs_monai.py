@@ -23,9 +23,10 @@ which :class:`~cellflow.nn.predict.ModelCache` always does) and channels-last te
 The speed-up is MONAI's time over each cellflow row's.
 
 Timing: wall seconds of one call, numpy plane in, numpy probabilities out, median of
-``--repeats`` after one warm-up call. Seam error: ``max |tiled - whole|`` against one forward
-pass over the whole plane (:func:`~cellflow.nn.predict.whole_image_probabilities`, the plane
-mirrored by the halo at its borders). If the whole plane does not fit (``--whole-max``), both
+``--repeats`` (round-robin over the methods) after one warm-up call each. Seam error:
+``max |tiled - whole|`` against one forward pass over the whole plane
+(:func:`~cellflow.nn.predict.whole_image_probabilities`, the plane mirrored by the halo at
+its borders). If the whole plane does not fit (``--whole-max``), both
 methods are re-run on the largest centred crop that does and compared there. The error is
 given over the interior (pixels at least ``halo`` from the plane's edge: MONAI pads
 convolutions with zeros at the plane border while the reference mirrors it, a border
@@ -112,15 +113,21 @@ def monai_runner(model: torch.nn.Module, window: int, overlap: float, batch: int
     return run
 
 
-def time_it(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, repeats: int) -> tuple[list[float], np.ndarray]:
-    """Wall seconds of ``repeats`` calls after one warm-up call, and the last output."""
-    output = run(image)
-    seconds = []
+def time_all(runners: dict[str, Callable[[np.ndarray], np.ndarray]], image: np.ndarray,
+             repeats: int) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Wall seconds of ``repeats`` calls of each runner after one warm-up call each, and the outputs.
+
+    The repeats go round-robin over the runners, so that a change in the machine's load (a
+    shared machine) falls on all of them alike rather than on one.
+    """
+    outputs = {name: run(image) for name, run in runners.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
-        start = time.perf_counter()
-        output = run(image)
-        seconds.append(time.perf_counter() - start)
-    return seconds, output
+        for name, run in runners.items():
+            start = time.perf_counter()
+            outputs[name] = run(image)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, outputs
 
 
 def seam_errors(outputs: dict[str, np.ndarray], whole: np.ndarray, margin: int) -> dict[str, dict[str, float]]:
@@ -158,9 +165,7 @@ def main() -> None:
         "cellflow-fast": cellflow_runner(fast, args.window, args.cellflow_overlap, args.batch, channels_last=True),
         "monai": monai_runner(model, args.window, args.overlap, args.batch),
     }
-    seconds, outputs = {}, {}
-    for name, run in runners.items():
-        seconds[name], outputs[name] = time_it(run, plane, args.repeats)
+    seconds, outputs = time_all(runners, plane, args.repeats)
     crop = min(args.size, args.whole_max)
     if crop < args.size:  # the reference does not fit: compare both methods on a centred crop
         start = (args.size - crop) // 2

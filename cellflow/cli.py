@@ -91,6 +91,7 @@ def run(
     workers: Annotated[int | None, typer.Option(help="Number of (CPU) workers, overriding the spec")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Recompute everything instead of resuming")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="On resume, re-hash every recorded chunk")] = False,
+    report: Annotated[bool, typer.Option(help="Write the HTML run report (report.html beside run.json)")] = True,
 ) -> None:
     """Run a pipeline spec on its cluster (a local 2-worker cluster by default), resuming earlier work.
 
@@ -120,6 +121,13 @@ def run(
             console.print(f"  {q['stage']} {q['field']}: {q['error']}")
         if len(result.quarantined) > 20:
             console.print(f"  ... and {len(result.quarantined) - 20} more in {Path(parsed.output.tables) / 'run.json'}")
+    if report:
+        try:
+            from cellflow.report import build_report
+
+            console.print(f"report: {build_report(parsed.output.tables)}", highlight=False, soft_wrap=True)
+        except Exception as error:  # the run's results stand; only its page is missing
+            console.print(f"[yellow]report not written[/yellow]: {type(error).__name__}: {error}")
     console.print(f"status: {result.status}")
     if result.exit_code:
         raise typer.Exit(result.exit_code)
