@@ -119,7 +119,9 @@ class TrainParams:
         Objects smaller than this (pixels) become background in the targets.
     normalization, augment, postprocess : Normalization, AugmentParams, PostprocessParams
         Input normalisation (per whole field), augmentation (its ``crop_size`` must be
-        None: the crop is ``crop_size`` below) and validation post-processing.
+        None: the crop is ``crop_size`` below) and validation post-processing (default
+        ``shrink_px=1``, undoing the three-class targets' outer boundary band; it is stored
+        in the checkpoint and is what the ``labels`` and ``segment`` stages use by default).
     crop_size : int
         Side of the square training crops; a multiple of the model's down-sampling.
     batch_size, epochs, steps_per_epoch : int
@@ -167,7 +169,9 @@ class TrainParams:
     min_area: int = 25
     normalization: Normalization = field(default_factory=Normalization)
     augment: AugmentParams = field(default_factory=AugmentParams)
-    postprocess: PostprocessParams = field(default_factory=PostprocessParams)
+    #: Three classes: the targets' boundary band runs one pixel outside each contour, so the
+    #: validation (and, through the checkpoint, every later use) shrinks objects by it.
+    postprocess: PostprocessParams = field(default_factory=lambda: PostprocessParams(shrink_px=1))
     crop_size: int = 256
     batch_size: int = 8
     optimizer: str = "adam"
