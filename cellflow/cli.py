@@ -150,7 +150,18 @@ def train(
 
     parsed = load_train_spec(spec)
     params = parsed.params()
-    screen = prepare_input(parsed.input)
+    labelling = parsed.labelling()
+    if labelling is not None:  # make the training labels first (resumable, like any run)
+        from cellflow.pipeline import run_spec
+
+        console.print(f"[bold]labels[/bold]: {', '.join(labelling.stages)} -> {labelling.output.tables}")
+        run = run_spec(labelling, console=console, spec_path=spec)
+        if run.status == "failed":
+            console.print(f"[bold red]the labelling stages failed[/bold red]: {run.error or run.quarantined[:3]}")
+            raise typer.Exit(1)
+        screen = run.screen
+    else:
+        screen = prepare_input(parsed.input)
     console.print(f"[bold]cellflow train[/bold] {parsed.name}: {params.model} on {list(params.channels)} "
                   f"-> {params.target} ({screen.path})")
     result = run_training(screen, params, out=parsed.model_dir, log=console.print)

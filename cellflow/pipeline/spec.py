@@ -150,12 +150,28 @@ class PipelineSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    """A training run: the screen, the training parameters, where the model goes."""
+    """A training run: the screen, the stages that make its labels, the training parameters, the model's folder.
+
+    ``stages`` (optional) run first, exactly as in a pipeline spec and resumable like one:
+    e.g. ``illumination`` + ``autolabel`` make ``labels_nuclei`` from the stains, which
+    ``train.target`` then names (Sadanandan et al. 2017: the network learns another
+    modality from labels nobody drew). Their tables go to ``model_dir/labels``.
+    """
 
     name: str
     input: InputSpec
+    stages: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    cluster: ClusterSpec = Field(default_factory=lambda: ClusterSpec(kind="threads"))
     train: dict[str, Any] = Field(default_factory=dict, description="TrainParams fields")
     model_dir: Path = Path("cellflow-runs/model")
+
+    def labelling(self) -> PipelineSpec | None:
+        """The pipeline that makes the training labels, or None without ``stages``."""
+        if not self.stages:
+            return None
+        return PipelineSpec(name=f"{self.name}-labels", input=self.input,
+                            stages={k: dict(v or {}) for k, v in self.stages.items()},
+                            output=OutputSpec(tables=self.model_dir / "labels"), cluster=self.cluster)
 
     def params(self) -> Any:
         """The parsed :class:`~cellflow.nn.train.TrainParams`."""
@@ -283,7 +299,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
 
 
 def load_train_spec(path: str | Path) -> TrainSpec:
-    """Read and validate a YAML training spec (name, input, train, model_dir)."""
+    """Read and validate a YAML training spec (name, input, optional stages and cluster, train, model_dir)."""
     path, data, root = _read_yaml(path)
     if not isinstance(data, Mapping):
         raise SpecError(f"{path}: a training spec is a YAML mapping (name, input, train, model_dir)")
@@ -293,6 +309,9 @@ def load_train_spec(path: str | Path) -> TrainSpec:
         spec = TrainSpec.model_validate(dict(data))
     except ValidationError as error:
         problems += _validation_problems(error, str(path), root)
+    stages = data.get("stages") or {}
+    if isinstance(stages, Mapping):
+        problems.extend(_stage_problems(stages, str(path), root))
     if spec is not None:
         try:
             spec.params()
