@@ -18,6 +18,7 @@ kind is asked for.
 from __future__ import annotations
 
 import importlib
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -112,9 +113,11 @@ def _optional(module: str, kind: str, extra: str) -> Any:
 def _local(spec: ClusterSpec) -> Any:
     from distributed import LocalCluster
 
+    cores = max(1, len(os.sched_getaffinity(0)) // spec.n_workers)  # each worker's share: no oversubscription
     return LocalCluster(
         n_workers=spec.n_workers, threads_per_worker=spec.threads_per_worker, processes=True,
         memory_limit=spec.memory_limit, dashboard_address=spec.dashboard_address, host="127.0.0.1",
+        env={"CELLFLOW_CORES": str(cores), "OMP_NUM_THREADS": str(cores)},
     )
 
 

@@ -551,7 +551,9 @@ def set_worker_threads(threads: int | None = None) -> int:
     A dask worker runs ``nthreads`` tasks at once, each calling into torch; with torch's
     default (one thread per core) for every task the cores are oversubscribed. Without
     ``threads``, inside a distributed worker the cores are shared out:
-    ``max(1, cpu_count // nthreads)``; elsewhere torch's current setting is kept.
+    ``max(1, cores // nthreads)``, ``cores`` the worker's share of the machine
+    (``CELLFLOW_CORES``, set by a cellflow local cluster: cores / workers) or else the
+    cores this process may run on; elsewhere torch's current setting is kept.
 
     Parameters
     ----------
@@ -565,7 +567,9 @@ def set_worker_threads(threads: int | None = None) -> int:
             nthreads = get_worker().state.nthreads
         except (ImportError, ValueError, AttributeError):  # not in a distributed worker
             return torch.get_num_threads()
-        threads = max(1, (os.cpu_count() or 1) // max(1, nthreads))
+        # a local cluster shares the machine between its workers (cellflow.cluster sets CELLFLOW_CORES)
+        cores = int(os.environ.get("CELLFLOW_CORES", 0)) or len(os.sched_getaffinity(0))
+        threads = max(1, cores // max(1, nthreads))
     threads = _check_int("threads", threads, 1)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

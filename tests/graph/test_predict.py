@@ -54,10 +54,10 @@ def run(screen: Screen, graph) -> tuple:
 
 
 def eager(screen: Screen, params: PredictParams, key, channels, extent=None) -> np.ndarray:
-    module, ckpt = MODEL_CACHE.get(params.model)
+    module, ckpt = MODEL_CACHE.get(params.model, channels_last=params.channels_last)
     image = normalize(field_input(screen, key, channels, params.z, extent), ckpt.normalization)
     return predict_plane(module, image, tile=params.tile, halo=params.halo, window=params.window,
-                         batch_size=params.batch_size)
+                         batch_size=params.batch_size, channels_last=params.channels_last)
 
 
 # ---------------------------------------------------------------------------- params
@@ -97,7 +97,7 @@ def test_builder_is_lazy_and_writes_what_predict_plane_gives(screen, tmp_path, n
         stored = screen.read("probabilities", plate=key.plate, well=key.well, site=key.site, t=key.t)
         assert stored.shape == (3, 100, 130) and stored.dtype == np.float32
         np.testing.assert_array_equal(stored, eager(screen, params, key, ["DNA"]))
-        assert result.rows[0]["model_sha256"] == MODEL_CACHE.get(params.model)[1].sha256
+        assert result.rows[0]["model_sha256"] == MODEL_CACHE.get(params.model, channels_last=params.channels_last)[1].sha256
     assert MODEL_CACHE.loads == 1
     assert screen.ledger("probabilities").completed().all()
 
