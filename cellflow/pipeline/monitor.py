@@ -18,7 +18,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,32 +26,20 @@ from typing import Any
 
 from cellflow.graph import TaskResult
 from cellflow.pipeline.resume import Unit
+from cellflow.screen.layout import well_position
 from cellflow.screen.store import Screen
 
-__all__ = ["COUNT_COLUMNS", "PlateView", "well_position"]
+__all__ = ["COUNT_COLUMNS", "PlateView"]
 
 #: Row columns summed into a well's running object counts.
 COUNT_COLUMNS = ("nuclei", "cells", "objects", "n_objects")
 
-_WELL = re.compile(r"^([A-Za-z]+)0*(\d+)$")
-
-
-def well_position(well: str) -> tuple[int, int] | None:
-    """(row, column) from 0 of a well named like ``B03`` or ``AA1``; None for other names.
-
-    Examples
-    --------
-    >>> well_position("B03"), well_position("P24"), well_position("img7")
-    ((1, 2), (15, 23), None)
-    """
-    match = _WELL.match(well)
-    if match is None:
+def _position(well: str) -> tuple[int, int] | None:
+    """(row, column) of a plate well name, None for other names (an image folder's)."""
+    try:
+        return well_position(well)
+    except ValueError:
         return None
-    letters, number = match.groups()
-    row = 0
-    for letter in letters.upper():
-        row = row * 26 + (ord(letter) - ord("A") + 1)
-    return row - 1, int(number) - 1
 
 
 class PlateView:
@@ -160,7 +147,7 @@ def _page(snapshot: dict[str, Any], *, refresh: bool) -> str:
     for well in snapshot["wells"]:
         by_plate[well["plate"]].append(well)
     for plate, wells in by_plate.items():
-        placed = {well_position(w["well"]): w for w in wells}
+        placed = {_position(w["well"]): w for w in wells}
         parts.append(f"<h2>plate {esc(plate)}</h2>")
         if None in placed or not placed:
             parts.append("<table>" + "".join(

@@ -37,6 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cellflow.metrics import fscore_curve
+from cellflow.screen.layout import well_position
 
 __all__ = [
     "PLATE_FORMATS",
@@ -56,7 +57,6 @@ __all__ = [
 #: Standard plate formats as (rows, columns), smallest first; a plate is drawn on the
 #: smallest one its wells fit, else on the rows x columns its wells span.
 PLATE_FORMATS: tuple[tuple[int, int], ...] = ((8, 12), (16, 24), (32, 48))
-_WELL = re.compile(r"^([A-Z]{1,2})([0-9]{1,3})$")
 _F1 = re.compile(r"^f1_([0-9.]+)$")
 _MISSED = "missed_area_"
 _TRUE = "true_area_"
@@ -195,29 +195,6 @@ def fscore_curves(scores: Mapping[str, Sequence[float] | np.ndarray], *, what: s
 
 
 # ------------------------------------------------------------------ plates
-def well_position(well: str) -> tuple[int, int]:
-    """Zero-based (row, column) of a well name: 'A01' -> (0, 0), 'B03' -> (1, 2), 'AA01' -> (26, 0).
-
-    Raises
-    ------
-    ValueError
-        ``well`` is not row letters followed by a column number.
-
-    Examples
-    --------
-    >>> well_position("B03"), well_position("P24")
-    ((1, 2), (15, 23))
-    """
-    match = _WELL.match(str(well))
-    if match is None or int(match.group(2)) < 1:
-        raise ValueError(f"well must be row letters + column number like 'B03', got {well!r}")
-    letters, number = match.groups()
-    row = 0
-    for letter in letters:
-        row = row * 26 + (ord(letter) - ord("A") + 1)
-    return row - 1, int(number) - 1
-
-
 def plate_grid(wells: Sequence[str], values: Sequence[float]) -> np.ndarray:
     """Values laid out on the plate: a (rows, columns) float array, NaN where no well has a value.
 

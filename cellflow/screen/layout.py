@@ -24,6 +24,7 @@ __all__ = [
     "MAX_TILE",
     "WELL_PATTERN",
     "ScreenLayout",
+    "well_position",
 ]
 
 #: Dimensions of the ``images`` variable, in storage order.
@@ -182,3 +183,29 @@ class ScreenLayout:
         """Build a layout from :meth:`to_dict` output, naming unknown keys."""
         check_keys(cls, data)
         return cls(**dict(data))
+
+
+_WELL_NAME = re.compile(r"^([A-Z]{1,2})([0-9]{1,3})$")
+
+
+def well_position(well: str) -> tuple[int, int]:
+    """Zero-based (row, column) of a well name: 'A01' -> (0, 0), 'B03' -> (1, 2), 'AA01' -> (26, 0).
+
+    Raises
+    ------
+    ValueError
+        ``well`` is not row letters followed by a column number.
+
+    Examples
+    --------
+    >>> well_position("B03"), well_position("P24")
+    ((1, 2), (15, 23))
+    """
+    match = _WELL_NAME.match(str(well))
+    if match is None or int(match.group(2)) < 1:
+        raise ValueError(f"well must be row letters + column number like 'B03', got {well!r}")
+    letters, number = match.groups()
+    row = 0
+    for letter in letters:
+        row = row * 26 + (ord(letter) - ord("A") + 1)
+    return row - 1, int(number) - 1
