@@ -13,9 +13,10 @@ seeded, untrained) loaded once per process (:data:`~cellflow.nn.predict.MODEL_CA
   input array, predicts it tile by tile and writes its class probabilities (float32) into
   the output array's chunk.
 
-Memory is bounded by the chunk and tile sizes, not the plane, except for what the stitching
-keeps between its passes (every block's owned labels until the plane-wide resolution: about
-4 bytes per pixel). The run happens with ``--workers 0`` in this process (dask threads
+Memory is bounded by the chunk and tile sizes, not the plane: the stitching's owned labels
+wait for the plane-wide resolution in a scratch folder beside the output (``segment_large(...,
+scratch=)``), and only the thin halo strips stay in memory.
+The run happens with ``--workers 0`` in this process (dask threads
 scheduler, ``--threads`` threads) or on a LocalCluster of ``--workers`` single-threaded
 worker processes. Memory is sampled with psutil every 50 ms for this process and all its
 children; the table gives the peak RSS of this process, of the largest worker, and of the
@@ -129,7 +130,9 @@ def segment_graph(source: Path, target: Path, model_path: str, tile: int, halo: 
     from cellflow.graph.stitch import segment_large
 
     image = da.from_zarr(str(source))
-    labels = segment_large(image, SegmentKernel(model_path, tile), halo=halo)
+    scratch = target.parent / "scratch"  # owned labels wait here for the resolution, not in memory
+    scratch.mkdir(exist_ok=True)
+    labels = segment_large(image, SegmentKernel(model_path, tile), halo=halo, scratch=scratch)
     out = zarr.create_array(target, shape=image.shape, chunks=image.chunksize, dtype="uint32")
     return da.store(labels, out, lock=False, compute=False)  # type: ignore[arg-type]
 

@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import dask.array as da
@@ -329,14 +330,30 @@ def _segment_block(image: np.ndarray, segment: Callable[[np.ndarray], Any], core
     return owned_objects(labels, core=core, cut=cut)
 
 
-def _crop(labels: np.ndarray, where: tuple[slice, slice]) -> np.ndarray:
-    return labels[where]
+class _Spilled(NamedTuple):
+    """A block's owned labels saved to a scratch ``.npy`` file (read back memory-mapped)."""
+
+    path: str
 
 
-def _compose(shape: tuple[int, int], blocks: Sequence[int], owned: Sequence[np.ndarray],
+def _spill(labels: np.ndarray, path: str) -> _Spilled:
+    np.save(path, np.ascontiguousarray(labels))
+    return _Spilled(path)
+
+
+def _labels_of(owned: np.ndarray | _Spilled) -> np.ndarray:
+    return np.load(owned.path, mmap_mode="r") if isinstance(owned, _Spilled) else owned
+
+
+def _crop(labels: np.ndarray | _Spilled, where: tuple[slice, slice]) -> np.ndarray:
+    return np.array(_labels_of(labels)[where])
+
+
+def _compose(shape: tuple[int, int], blocks: Sequence[int], owned: Sequence[np.ndarray | _Spilled],
              sources: Sequence[tuple[slice, slice]], targets: Sequence[tuple[slice, slice]],
              resolution: Resolution) -> np.ndarray:
-    layers = [(block, labels[source], target) for block, labels, source, target in zip(blocks, owned, sources, targets)]
+    layers = [(block, np.asarray(_labels_of(labels)[source]), target)
+              for block, labels, source, target in zip(blocks, owned, sources, targets)]
     return compose_chunk(shape, layers, resolution)
 
 
@@ -357,7 +374,7 @@ def _intersect(a: Box, b: Box) -> Box:
 
 
 def segment_large(image: da.Array, segment: Callable[[np.ndarray], Any], *, halo: int,
-                  iou_threshold: float = 0.5, dtype: Any = np.uint32) -> da.Array:
+                  iou_threshold: float = 0.5, dtype: Any = np.uint32, scratch: str | Path | None = None) -> da.Array:
     """Segment a large plane chunk by chunk with a halo and stitch the chunks (module docstring).
 
     Parameters
@@ -375,6 +392,11 @@ def segment_large(image: da.Array, segment: Callable[[np.ndarray], Any], *, halo
         In (0, 1): versions of an object from two chunks with IoU above it are one object.
     dtype : {uint32, uint64}
         Dtype of the labels.
+    scratch : path, optional
+        A folder (must exist, e.g. a temporary one) where each block's owned labels wait,
+        as ``.npy`` files, for the plane-wide resolution: memory then holds only the chunks
+        being worked on and the thin halo strips, not the whole plane's labels (about 4
+        bytes per pixel otherwise). The folder must outlive the computation.
 
     Returns
     -------
@@ -406,6 +428,8 @@ def segment_large(image: da.Array, segment: Callable[[np.ndarray], Any], *, halo
         core = _local(cores[key], ext)
         owned[key], area, margin = delayed(_segment_block, nout=3, pure=True)(
             block.rechunk(block.shape), segment, (core[0].start, core[0].stop, core[1].start, core[1].stop), cut)
+        if scratch is not None:
+            owned[key] = delayed(_spill, pure=True)(owned[key], str(Path(scratch) / f"owned_{key[0]}_{key[1]}.npy"))
         areas.append(area)
         margins.append(margin)
     keys, found = [], []
