@@ -458,4 +458,11 @@ def _write_summary(spec: PipelineSpec, result: RunResult, *, started: str, spec_
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     os.replace(tmp, path)
+    if screen is not None:  # the screen's list of runs (its report lists them)
+        line = {"run_id": summary["run_id"], "spec": spec.name, "status": result.status,
+                "exit_code": summary["exit_code"], "started": started, "finished": summary["finished"],
+                "quarantined": len(result.quarantined), "tables": str(out.resolve())}
+        runs = Path(screen.path) / "_cellflow" / "runs.jsonl"
+        with open(runs, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
     return path

@@ -391,6 +391,28 @@ def _provenance_section(summary: Mapping[str, Any]) -> Section:
     return Section("Provenance", "provenance", notes=tuple(notes), tables=tuple(views), text=text)
 
 
+def _screen_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs recorded in a screen store's ``_cellflow/runs.jsonl`` (none if ``path`` is not a store)."""
+    log = path / "_cellflow" / "runs.jsonl"
+    if not log.is_file():
+        return []
+    runs = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            runs.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by a kill
+    return [r for r in runs if (Path(r.get("tables", "")) / "run.json").is_file()]
+
+
+def _runs_section(runs: Sequence[Mapping[str, Any]]) -> Section:
+    frame = pd.DataFrame([{k: r.get(k) for k in ("run_id", "spec", "status", "exit_code", "started", "finished",
+                                                 "quarantined", "tables")} for r in runs])
+    return Section(title="Runs of this screen", anchor="runs",
+                   notes=("Every run recorded on this store, oldest first; the sections below are the latest run's.",),
+                   tables=(table_view(frame, "runs"),))
+
+
 def build_report(
     run_dir: str | Path,
     *,
@@ -404,7 +426,9 @@ def build_report(
     Parameters
     ----------
     run_dir : str or Path
-        The run's ``output.tables`` folder, holding ``run.json`` and the tables.
+        The run's ``output.tables`` folder, holding ``run.json`` and the tables; or a screen
+        store, for the screen's report (every run on it, the latest one in full), written to
+        ``<store>/report.html`` by default.
     out : str or Path, optional
         Report file; default ``run_dir/report.html``.
     max_wells, sites_per_well : int
@@ -425,9 +449,14 @@ def build_report(
     from cellflow import __version__
 
     run_dir = Path(run_dir)
+    runs = _screen_runs(run_dir)
+    store_dir = None
+    if runs:  # a screen store: its latest run, and the list of every run on it
+        store_dir, run_dir = run_dir, Path(runs[-1]["tables"])
     summary = load_summary(run_dir)
     screen, why = _open_store(summary)
     sections = [
+        *([_runs_section(runs)] if runs else []),
         _stages_section(summary),
         _quarantine_section(summary),
         _scores_section(run_dir, summary, screen, max_score_fields),
@@ -439,9 +468,11 @@ def build_report(
     ]
     spec = _mapping(summary, "spec")
     title = f"cellflow run report: {spec.get('name', run_dir.name)}"
+    if store_dir is not None:
+        title = f"cellflow screen report: {store_dir.name} ({len(runs)} runs; latest shown)"
     page = render_report(title=title, status=str(summary.get("status", NOT_RECORDED)), header=_header(summary),
                          sections=sections, generator=__version__)
-    target = run_dir / "report.html" if out is None else Path(out)
+    target = (store_dir or run_dir) / "report.html" if out is None else Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")
     return target

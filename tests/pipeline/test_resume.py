@@ -214,3 +214,18 @@ def test_killing_a_worker_mid_run_gives_the_clean_store(tmp_path):
         np.testing.assert_array_equal(_store_digests(result.screen, name), _store_digests(clean.screen, name))
         np.testing.assert_array_equal(result.screen.ledger(name).digests(), clean.screen.ledger(name).digests())
     pd.testing.assert_frame_equal(result.tables["labels_nuclei/fields"], clean.tables["labels_nuclei/fields"])
+
+
+def test_screen_report_lists_every_run_on_the_store(tmp_path):
+    from cellflow.report import build_report
+
+    spec = _spec(tmp_path, stages=("autolabel", "score"))
+    run_spec(spec, progress=False)
+    run_spec(spec, progress=False)  # resumed: nothing to do, still a run of this screen
+    ids = [json.loads(line)["run_id"] for line in (Path(spec.input.store) / "_cellflow" / "runs.jsonl")
+           .read_text().splitlines()]
+    assert len(ids) == 2 and ids[0] != ids[1]
+    page = build_report(spec.input.store)
+    assert page == Path(spec.input.store) / "report.html"
+    html = page.read_text()
+    assert "Runs of this screen" in html and all(run_id in html for run_id in ids)
