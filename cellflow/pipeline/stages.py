@@ -84,6 +84,11 @@ STAGES: dict[str, StageEntry] = {
             tables_target="cellflow.graph.track:track_tables",
         ),
         StageEntry(
+            "ktr", "cellflow.graph.ktr:KtrParams", "cellflow.graph.ktr:build_ktr",
+            "kinase-reporter nuclear/cytoplasmic ratio per cell and frame (ring, cytoplasm or GMM) -> ktr tables",
+            tables_target="cellflow.graph.ktr:ktr_tables",
+        ),
+        StageEntry(
             "measure", "cellflow.graph.measure:MeasureParams", "cellflow.graph.measure:build_measure",
             "per-object shape/intensity/DNA content -> Parquet object parts in the store; "
             "field/well tables, 4N fraction, Z'",
