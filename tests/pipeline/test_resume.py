@@ -100,7 +100,8 @@ def test_interrupted_run_redoes_only_unrecorded_and_corrupted_units(tmp_path):
     # as if killed: the last field's done line never made it, and a torn half line was left behind
     log.path.write_text("".join(line for line in lines if line != done[-1]) + done[-1][: len(done[-1]) // 2])
     # and a chunk another field wrote was overwritten behind the ledger's back
-    victim = screen.fields()[0]
+    dropped = json.loads(done[-1])["unit"]
+    victim = next(key for key in screen.fields() if field_id(key) != dropped)  # a second, different field
     screen.write("labels_nuclei", np.zeros(screen.layout.shape_yx, np.uint32), **victim._asdict())
     resumed = run_spec(spec, progress=False, verify=True)
     assert resumed.stages["autolabel"]["done"] == 2 and resumed.stages["autolabel"]["skipped"] == 2
