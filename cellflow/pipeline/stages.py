@@ -89,6 +89,11 @@ STAGES: dict[str, StageEntry] = {
             tables_target="cellflow.graph.ktr:ktr_tables",
         ),
         StageEntry(
+            "celltype", "cellflow.graph.celltype:CelltypeParams", "cellflow.graph.celltype:build_celltype",
+            "per-cell type scores from a cell-type network (one interior class per type) -> celltype tables",
+            tables_target="cellflow.graph.celltype:celltype_tables",
+        ),
+        StageEntry(
             "measure", "cellflow.graph.measure:MeasureParams", "cellflow.graph.measure:build_measure",
             "per-object shape/intensity/DNA content -> Parquet object parts in the store; "
             "field/well tables, 4N fraction, Z'",
