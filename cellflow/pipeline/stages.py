@@ -89,6 +89,11 @@ STAGES: dict[str, StageEntry] = {
             tables_target="cellflow.graph.ktr:ktr_tables",
         ),
         StageEntry(
+            "cells", "cellflow.graph.cells:CellsParams", "cellflow.graph.cells:build_cells",
+            "cells grown from nuclei over a cytoplasm/bright-field channel or a probability class "
+            "(watershed or active contour) -> `labels_cells`",
+        ),
+        StageEntry(
             "celltype", "cellflow.graph.celltype:CelltypeParams", "cellflow.graph.celltype:build_celltype",
             "per-cell type scores from a cell-type network (one interior class per type) -> celltype tables",
             tables_target="cellflow.graph.celltype:celltype_tables",
