@@ -75,6 +75,12 @@ def demo(
             if key.endswith("/plates"):
                 console.print(_table(_score_view(table), f"{what}: {key.split('/')[0]} vs truth"))
     console.print(f"store: {result.synthetic.screen.path}; OME-Zarr for napari: {', '.join(map(str, result.ome_zarr))}")
+    try:
+        from cellflow.report import build_report
+
+        console.print(f"report: {build_report(result.synthetic.screen.path)}", highlight=False, soft_wrap=True)
+    except Exception as error:  # the demo's results stand; only its page is missing
+        console.print(f"[yellow]report not written[/yellow]: {type(error).__name__}: {error}")
 
 
 @app.command()

@@ -67,3 +67,5 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys, nuclei_data):
     for name in ("labels_nuclei", "labels_cells"):
         assert (tmp_path / "demo" / "tables" / name / "scores_plates.parquet").is_file()
     assert (tmp_path / "demo" / "demo.ome.zarr" / "DEMO.ome.zarr" / "zarr.json").is_file()
+    report = tmp_path / "demo" / "demo.zarr" / "report.html"
+    assert report.is_file() and "Runs of this screen" in report.read_text()
