@@ -27,6 +27,12 @@ def test_rejects_unknown_scheduler():
             pass
 
 
+def _worker_address() -> str:
+    from distributed import get_worker
+
+    return str(get_worker().address)
+
+
 def test_address_connects_a_client_for_the_block():
     import os
 
@@ -36,7 +42,8 @@ def test_address_connects_a_client_for_the_block():
             # the task runs in the worker of this in-process cluster, not a fresh thread pool
             (pid,) = dask.compute(dask.delayed(os.getpid)())
             assert pid == os.getpid()
-            assert len(cluster.scheduler.task_groups) >= 1
+            (address,) = dask.compute(dask.delayed(_worker_address)())  # raises outside a worker
+            assert address in cluster.scheduler.workers
 
 
 # --- clusters from the spec's cluster: section -------------------------------------------
