@@ -163,8 +163,13 @@ def _wells(records: Sequence[Sequence[Any]]) -> list[str]:
     return sorted({str(record[2]) for record in records})  # (screen_id, plate, well, site, t)
 
 
-def compare(workdir: Path, settings: Settings) -> dict[str, Any]:
-    """The whole measurement in ``workdir``; returns the JSON-able result."""
+def compare(workdir: Path, settings: Settings, *, ignore_area_ratio: float | None = None,
+            ignore_solidity: float | None = None) -> dict[str, Any]:
+    """The whole measurement in ``workdir``; returns the JSON-able result.
+
+    ``ignore_*``: the auto-label run leaves suspect auto labels (likely merges) out of its loss
+    (:func:`cellflow.nn.targets.suspect_objects`); the truth run never does.
+    """
     split = settings.split()
     screen, classical_s = classical_labels(
         workdir / "plate.zarr", workdir / "tables", wells=split.wells, sites=settings.sites,
@@ -174,7 +179,9 @@ def compare(workdir: Path, settings: Settings) -> dict[str, Any]:
                        levels=settings.levels, seed=settings.seed)
     runs: dict[str, dict[str, Any]] = {}
     # (a) the paper's setting: no truth at training time, so it validates on its own auto labels.
-    for name, params in (("auto", replace(base, target="labels_nuclei", truth="labels_nuclei")),
+    auto = replace(base, target="labels_nuclei", truth="labels_nuclei", ignore_area_ratio=ignore_area_ratio,
+                   ignore_solidity=ignore_solidity)
+    for name, params in (("auto", auto),
                          ("truth", replace(base, target="truth_nuclei", truth="truth_nuclei"))):
         started = time.perf_counter()
         result = train(screen, params, out=workdir / name)
@@ -189,7 +196,7 @@ def compare(workdir: Path, settings: Settings) -> dict[str, Any]:
         "split": {"train": split.train, "validation": split.validation, "test": split.test,
                   "test_wells_scored": sorted({key.well for key in fields}), "test_fields": len(fields)},
         "classical_seconds": round(classical_s, 1),
-        "params": base.to_dict(),
+        "params": base.to_dict(), "ignore_area_ratio": ignore_area_ratio, "ignore_solidity": ignore_solidity,
         "f1_auto": f1_auto, "f1_truth": f1_truth,
         "ratio": f1_auto / f1_truth if f1_truth > 0 else None,
         "f1_classical_auto_labels": classical["f1_mean"], "classical_per_field": classical["per_field"],
@@ -221,13 +228,18 @@ def main() -> None:
              "width": "resunet width", "levels": "resunet levels", "threads": "torch CPU threads"}
     for name, value in asdict(default).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=helps.get(name))
+    parser.add_argument("--ignore-area-ratio", type=float, default=None,
+                        help="auto run: leave auto labels larger than this x the median area out of the loss")
+    parser.add_argument("--ignore-solidity", type=float, default=None,
+                        help="auto run: leave auto labels less solid than this out of the loss")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     settings = Settings(**{name: getattr(args, name) for name in asdict(default)})
     torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cellflow-autotrain-") as tmp:
-        result = compare(Path(tmp), settings)
+        result = compare(Path(tmp), settings, ignore_area_ratio=args.ignore_area_ratio,
+                         ignore_solidity=args.ignore_solidity)
     result.update(seconds=round(time.perf_counter() - started, 1), python=platform.python_version(),
                   torch=torch.__version__)
     print_report(result)

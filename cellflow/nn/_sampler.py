@@ -20,7 +20,7 @@ import numpy as np
 from cellflow.metrics import field_extents
 from cellflow.nn.augment import AugmentParams, augment
 from cellflow.nn.normalize import Normalization, normalize
-from cellflow.nn.targets import three_class_targets, two_class_targets
+from cellflow.nn.targets import ignore_suspect_objects, suspect_objects, three_class_targets, two_class_targets
 from cellflow.screen.store import FieldKey, Screen
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ class FieldSampler:
     """
 
     def __init__(self, fields: Sequence[FieldRef], *, channels: Sequence[str], z: str, variable: str,
-                 classes: int, min_area: int, normalization: Normalization) -> None:
+                 classes: int, min_area: int, normalization: Normalization,
+                 ignore_area_ratio: float | None = None, ignore_solidity: float | None = None) -> None:
         self.fields = tuple(fields)
         self._channels = tuple(channels)
         self._z = z
@@ -117,6 +118,7 @@ class FieldSampler:
         self._classes = classes
         self._min_area = min_area
         self._normalization = normalization
+        self._ignore = (ignore_area_ratio, ignore_solidity)
         self._cache: dict[int, FieldData] = {}
         self._extents: dict[Screen, dict[FieldKey, tuple[int, int]]] = {}
 
@@ -135,6 +137,9 @@ class FieldSampler:
                 target, weights = three_class_targets(labels, min_area=self._min_area)
             else:
                 target, weights = two_class_targets(labels, min_area=self._min_area)
+            if self._ignore != (None, None):  # suspect auto labels (merges) are left out of the loss
+                suspects = suspect_objects(labels, area_ratio=self._ignore[0], solidity=self._ignore[1])
+                weights = ignore_suspect_objects(weights, labels, suspects)
             image = normalize(raw, self._normalization)
             self._cache[index] = FieldData(image=image, labels=labels, target=target, weights=weights)
         return self._cache[index]

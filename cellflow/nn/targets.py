@@ -53,6 +53,8 @@ __all__ = [
     "TWO_CLASSES",
     "balanced_class_weights",
     "class_weight_vector",
+    "ignore_suspect_objects",
+    "suspect_objects",
     "three_class_targets",
     "two_class_targets",
 ]
@@ -324,3 +326,64 @@ def two_class_targets(
     touching = _differs_from_neighbour(kept, _EIGHT_NEIGHBOURS, ignore_zero=True)
     foreground = (kept > 0) & ~touching
     return foreground.astype(np.uint8), balanced_class_weights(foreground, foreground_weight=foreground_weight)
+
+
+def suspect_objects(labels: np.ndarray, *, area_ratio: float | None = None,
+                    solidity: float | None = None) -> np.ndarray:
+    """Ids of automatically labelled objects that are probably wrong: merges, mostly.
+
+    Classical auto labels (Otsu + watershed) err systematically where touching nuclei are
+    merged into one object: it is larger than its neighbours and not convex. Training on
+    such objects teaches the network to merge too.
+
+    Parameters
+    ----------
+    labels : (M, N) ndarray of int
+    area_ratio : float, optional
+        Objects larger than ``area_ratio`` times the median object area are suspect.
+    solidity : float, optional
+        Objects with solidity (area / convex hull area) below it are suspect.
+
+    Returns
+    -------
+    ids : (K,) ndarray of int
+
+    Examples
+    --------
+    >>> labels = np.zeros((20, 40), np.int32)
+    >>> labels[2:6, 2:6] = 1; labels[2:6, 10:14] = 2; labels[10:18, 10:34] = 3
+    >>> suspect_objects(labels, area_ratio=2.0).tolist()
+    [3]
+    """
+    from skimage.measure import regionprops
+
+    props = regionprops(np.asarray(labels))
+    if not props:
+        return np.zeros(0, np.int64)
+    areas = np.array([p.area for p in props], float)
+    bad = np.zeros(len(props), bool)
+    if area_ratio is not None:
+        bad |= areas > area_ratio * np.median(areas)
+    if solidity is not None:
+        bad |= np.array([p.solidity for p in props]) < solidity
+    return np.array([p.label for p, b in zip(props, bad) if b], np.int64)
+
+
+def ignore_suspect_objects(weights: np.ndarray, labels: np.ndarray, ids: np.ndarray, *,
+                           margin_px: int = 2) -> np.ndarray:
+    """``weights`` with the suspect objects (and ``margin_px`` around them) set to 0: left out of the loss.
+
+    Examples
+    --------
+    >>> labels = np.zeros((1, 9), np.int32); labels[0, 4] = 7
+    >>> ignore_suspect_objects(np.ones((1, 9), np.float32), labels, np.array([7]), margin_px=1).tolist()
+    [[1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]
+    """
+    if ids.size == 0:
+        return weights
+    mask = np.isin(labels, ids)
+    if margin_px > 0:
+        mask = ndi.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=margin_px)
+    out = weights.copy()
+    out[mask] = 0
+    return out

@@ -146,6 +146,11 @@ class TrainParams:
     init_from : str, optional
         A checkpoint of the same architecture to start from (fine-tuning), else a
         seeded random initialisation.
+    ignore_area_ratio, ignore_solidity : float, optional
+        Training on auto labels: objects larger than ``ignore_area_ratio`` × the field's
+        median area, or less solid than ``ignore_solidity``, are likely merges and are left
+        out of the loss with a 2-pixel margin (:func:`~cellflow.nn.targets.suspect_objects`).
+        Validation is unaffected.
 
     Raises
     ------
@@ -189,6 +194,8 @@ class TrainParams:
     validation_fraction: float = 0.25
     device: str = "cpu"
     init_from: str | None = None
+    ignore_area_ratio: float | None = None
+    ignore_solidity: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -230,6 +237,14 @@ class TrainParams:
         if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
             raise _fail("validation_fraction", "a number in (0, 1)", fraction)
         object.__setattr__(self, "validation_fraction", float(fraction))
+        for name, low in (("ignore_area_ratio", 1.0), ("ignore_solidity", 0.0)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value <= (
+                    math.inf if name == "ignore_area_ratio" else 1.0):
+                raise _fail(name, "None or a number > 1" if low else "None or a number in (0, 1]", value)
+            object.__setattr__(self, name, float(value))
 
     def _check_split(self) -> None:
         set_ = object.__setattr__
@@ -445,7 +460,7 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "model.pt"
-    sampler, val_sampler = (_sampler(fields, params) for fields in (training, validation))
+    sampler, val_sampler = _sampler(training, params, training=True), _sampler(validation, params)
     truths = [_truth(ref, params, val_sampler, index) for index, ref in enumerate(validation)]
     with _reproducible(params.seed, device):
         model = params.model_config(planes.pop()).build().to(device)
@@ -464,9 +479,11 @@ def train(
     )
 
 
-def _sampler(fields: Sequence[FieldRef], params: TrainParams) -> FieldSampler:
+def _sampler(fields: Sequence[FieldRef], params: TrainParams, *, training: bool = False) -> FieldSampler:
+    ignore = (params.ignore_area_ratio, params.ignore_solidity) if training else (None, None)
     return FieldSampler(fields, channels=params.channels, z=params.z, variable=params.target,
-                        classes=params.classes, min_area=params.min_area, normalization=params.normalization)
+                        classes=params.classes, min_area=params.min_area, normalization=params.normalization,
+                        ignore_area_ratio=ignore[0], ignore_solidity=ignore[1])
 
 
 def _truth(ref: FieldRef, params: TrainParams, sampler: FieldSampler, index: int) -> np.ndarray:

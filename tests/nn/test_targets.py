@@ -249,3 +249,22 @@ def test_two_class_weights_without_one_class_are_ones():
     np.testing.assert_array_equal(weights, 1.0)
     with pytest.raises(ValueError, match=r"foreground_weight must be a finite number > 0, got 0"):
         two_class_targets(np.ones((6, 6), np.int32), foreground_weight=0)
+
+
+def test_suspect_objects_flag_merges_by_size_and_shape():
+    from skimage.draw import disk
+
+    from cellflow.nn.targets import ignore_suspect_objects, suspect_objects
+
+    labels = np.zeros((80, 120), np.int32)
+    for k, (y, x) in enumerate([(15, 15), (15, 45), (15, 75), (50, 15)], start=1):  # single round nuclei
+        labels[disk((y, x), 8, shape=labels.shape)] = k
+    labels[disk((55, 70), 8, shape=labels.shape)] = 9  # two touching nuclei merged into one object
+    labels[disk((55, 85), 8, shape=labels.shape)] = 9
+    # solidity: 0.96 for a pixelated disc, 0.906 for the touching pair (a dumbbell is not convex)
+    assert suspect_objects(labels, solidity=0.93).tolist() == [9]
+    assert suspect_objects(labels, area_ratio=1.5).tolist() == [9]  # and twice the median area
+    assert suspect_objects(labels).size == 0  # nothing asked, nothing flagged
+    weights = ignore_suspect_objects(np.ones(labels.shape, np.float32), labels, np.array([9]), margin_px=2)
+    grown = ndi.binary_dilation(labels == 9, structure=np.ones((3, 3), bool), iterations=2)
+    assert (weights[grown] == 0).all() and (weights[~grown] == 1).all()
