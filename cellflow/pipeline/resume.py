@@ -4,7 +4,8 @@ A stage's **unit** is what one of its delayed results covers: one field for most
 stages, a whole plate for illumination (its fields share one ``by_field`` entry).
 Each unit has a **token**, a SHA-256 of everything its output depends on:
 
-* the stage name and its parameters (``params.to_dict()``),
+* the stage name and its parameters (``params.to_dict()``) and the cellflow version (an
+  upgrade recomputes rather than mixing results of two versions),
 * the content hash of any file a parameter names (a model checkpoint),
 * the tokens of the upstream stage's units for the same fields, and
 * the ledger digests of the input image chunks of its fields.
@@ -250,8 +251,10 @@ def plan_stage(
     verify : bool
         Also re-hash every recorded chunk's bytes (slow, thorough).
     """
+    from cellflow import __version__
+
     base = {"stage": name, "params": params.to_dict() if hasattr(params, "to_dict") else repr(params),
-            "files": _file_hashes(params)}
+            "files": _file_hashes(params), "cellflow": __version__}
     plan = StagePlan(name=name, units=[])
     log = TaskLog(screen, name).load() if resume else {}
     ledgers: dict[str, np.ndarray] = {}
