@@ -27,7 +27,10 @@ from dask.delayed import Delayed
 from cellflow.metrics import field_extents, select_fields
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen
 
-__all__ = ["StageGraph", "TaskResult", "VariableSpec", "guarded", "merge_results", "per_field_graph", "upstream_of"]
+__all__ = [
+    "StageGraph", "TaskResult", "VariableSpec", "available_variables", "guarded", "merge_results", "per_field_graph",
+    "upstream_of",
+]
 
 _Task = TypeVar("_Task", bound=Callable[..., Any])
 
@@ -139,6 +142,11 @@ def merge_results(stage: str, results: Sequence[TaskResult | None]) -> TaskResul
         stage=stage, records=tuple(rec for r in done for rec in r.records),
         rows=tuple(row for r in done for row in r.rows), error="; ".join(errors) if errors else None,
     )
+
+
+def available_variables(screen: Screen, after: StageGraph | None) -> set[str]:
+    """The variables a stage may read: those in the store and those its upstream stage will write."""
+    return set(screen.variables) | ({v.name for v in after.outputs} if after is not None else set())
 
 
 def upstream_of(after: StageGraph | None, key: FieldKey | None = None) -> tuple[Delayed, ...]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, per_field_graph
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, available_variables, guarded, per_field_graph
 from cellflow.graph.postprocess import write_field_labels
 from cellflow.live.cytoplasm import cells_from_nuclei
 from cellflow.ops.autolabel import CellParams
@@ -98,8 +98,7 @@ def build_cells(screen: Screen, params: CellsParams, *, after: StageGraph | None
     RegionError
         The channel, the nuclei or the probabilities (with their class) are missing.
     """
-    upstream = {v.name for v in after.outputs} if after is not None else set()
-    available = set(screen.variables) | upstream
+    available = available_variables(screen, after)
     if params.nuclei not in available:
         raise RegionError(f"cells: {screen.path} has no variable {params.nuclei!r} (segment the nuclei first)")
     if params.channel is not None and params.channel not in [str(c) for c in screen.coords()["c"]]:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, guarded
+from cellflow.graph._stage import StageGraph, TaskResult, available_variables, guarded
 from cellflow.graph.predict import FieldPlan, PredictParams, field_probabilities, plan_fields, plan_tasks
 from cellflow.live.celltype import classify_cells
 from cellflow.nn.checkpoint import Checkpoint
@@ -100,8 +100,7 @@ def build_celltype(screen: Screen, params: CelltypeParams, *, after: StageGraph 
     """
     checkpoint, plans = plan_fields(screen, params.predict, fields)
     type_names(checkpoint)
-    upstream = {v.name for v in after.outputs} if after is not None else set()
-    if params.cells not in set(screen.variables) | upstream:
+    if params.cells not in available_variables(screen, after):
         raise RegionError(f"celltype: {screen.path} has no variable {params.cells!r} (segment the cells first)")
     return plan_tasks(_STAGE, _celltype_field, screen, params, plans, checkpoint, (), after)
 

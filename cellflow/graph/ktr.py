@@ -21,7 +21,7 @@ import pandas as pd
 
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, guarded, per_field_graph
+from cellflow.graph._stage import StageGraph, TaskResult, available_variables, guarded, per_field_graph
 from cellflow.live.ktr import KTR_METHODS, join_tracks, ktr_ratios
 from cellflow.screen.store import FieldKey, Screen
 
@@ -101,8 +101,7 @@ def build_ktr(screen: Screen, params: KtrParams, *, after: StageGraph | None = N
     channels = [str(c) for c in screen.coords()["c"]]
     if params.channel not in channels:
         raise RegionError(f"ktr: channel {params.channel!r} is not in {screen.path}; it has {channels!r}")
-    upstream = {v.name for v in after.outputs} if after is not None else set()
-    available = set(screen.variables) | upstream
+    available = available_variables(screen, after)
     if params.nuclei not in available:
         raise RegionError(f"ktr: {screen.path} has no variable {params.nuclei!r} (label the nuclei first)")
     if params.cells and params.cells not in available:

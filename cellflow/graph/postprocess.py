@@ -17,7 +17,7 @@ import numpy as np
 
 from cellflow._config import check_keys
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, per_field_graph
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, available_variables, guarded, per_field_graph
 from cellflow.ops.postprocess import PostprocessParams, probabilities_to_labels
 from cellflow.screen.layout import DIMS_LABELS
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen
@@ -97,8 +97,7 @@ def build_labels(
     RegionError
         ``params.source`` is not in the store and no upstream stage writes it.
     """
-    upstream_outputs = {v.name for v in after.outputs} if after is not None else set()
-    if params.source not in screen.variables and params.source not in upstream_outputs:
+    if params.source not in available_variables(screen, after):
         raise RegionError(f"labels: {screen.path} has no variable {params.source!r} (run the predict stage first)")
     if params.postprocess is None:
         params = replace(params, postprocess=_trained_postprocess(screen, params.source, after))
