@@ -24,11 +24,19 @@ from typing import Any, TypeVar
 import dask
 from dask.delayed import Delayed
 
+from cellflow.errors import RegionError
 from cellflow.metrics import field_extents, select_fields
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen
 
 __all__ = [
-    "StageGraph", "TaskResult", "VariableSpec", "available_variables", "guarded", "merge_results", "per_field_graph",
+    "StageGraph",
+    "TaskResult",
+    "VariableSpec",
+    "available_variables",
+    "guarded",
+    "merge_results",
+    "per_field_graph",
+    "require_variables",
     "upstream_of",
 ]
 
@@ -147,6 +155,13 @@ def merge_results(stage: str, results: Sequence[TaskResult | None]) -> TaskResul
 def available_variables(screen: Screen, after: StageGraph | None) -> set[str]:
     """The variables a stage may read: those in the store and those its upstream stage will write."""
     return set(screen.variables) | ({v.name for v in after.outputs} if after is not None else set())
+
+
+def require_variables(stage: str, screen: Screen, names: Iterable[str]) -> None:
+    """Raise a RegionError naming the first of ``names`` that is not a variable of the store."""
+    for name in names:
+        if name not in screen.variables:
+            raise RegionError(f"{stage}: {screen.path} has no variable {name!r}; it has {list(screen.variables)!r}")
 
 
 def upstream_of(after: StageGraph | None, key: FieldKey | None = None) -> tuple[Delayed, ...]:

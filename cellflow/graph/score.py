@@ -10,8 +10,7 @@ from typing import Any
 import pandas as pd
 
 from cellflow._config import check_keys
-from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, guarded, per_field_graph
+from cellflow.graph._stage import StageGraph, TaskResult, guarded, per_field_graph, require_variables
 from cellflow.metrics import ScoreOptions, score_stored_field
 from cellflow.screen.store import FieldKey, Screen
 
@@ -83,9 +82,7 @@ def build_score(
     RegionError
         A label variable is not in the store (create upstream outputs first).
     """
-    for name in {name for pair in params.pairs for name in pair}:
-        if name not in screen.variables:
-            raise RegionError(f"score: {screen.path} has no variable {name!r}; it has {list(screen.variables)!r}")
+    require_variables("score", screen, sorted({name for pair in params.pairs for name in pair}))
     return per_field_graph("score", _score_task, screen, params, after=after, fields=fields)
 
 

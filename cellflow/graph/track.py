@@ -26,8 +26,7 @@ import pandas as pd
 from dask.delayed import Delayed
 
 from cellflow._config import check_keys
-from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, upstream_of
+from cellflow.graph._stage import StageGraph, TaskResult, require_variables, upstream_of
 from cellflow.live import TrackParams, field_summary, lineage_table, track_labels, tracks_frame
 from cellflow.metrics import field_extents, select_fields
 from cellflow.screen.store import FieldKey, Screen
@@ -93,10 +92,7 @@ def build_track(
     RegionError
         The label variable is not in the store (create upstream outputs first).
     """
-    if params.labels not in screen.variables:
-        raise RegionError(
-            f"track: {screen.path} has no variable {params.labels!r}; it has {list(screen.variables)!r}"
-        )
+    require_variables("track", screen, [params.labels])
     sites: dict[tuple[str, str, int], list[FieldKey]] = defaultdict(list)
     for key in select_fields(screen, fields):
         sites[(key.plate, key.well, key.site)].append(key)
