@@ -507,6 +507,7 @@ class ChunkLedger:
         self.screen = screen
         self.name = name
         self._key = f"{_LEDGER_GROUP}/{name}"
+        self._writable: zarr.Array | None = None  # opened by the first mark, reused by the next ones
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -540,7 +541,9 @@ class ChunkLedger:
         records = [r for r in records if r.variable == self.name]
         if not records:
             return 0
-        array = self._ledger(create=True)
+        if self._writable is None:
+            self._writable = self._ledger(create=True)
+        array = self._writable
         assert array is not None  # created above; narrows the type for mypy
         latest = {r.index: r.digest for r in records}  # a later record of a chunk wins
         where = tuple(np.array(list(latest)).T)

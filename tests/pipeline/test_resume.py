@@ -13,6 +13,7 @@ import pytest
 from cellflow.cli import main
 from cellflow.errors import StoreExistsError
 from cellflow.pipeline import parse_spec, run_spec
+from cellflow.pipeline.monitor import PlateView
 from cellflow.pipeline.resume import TaskLog, field_id
 from cellflow.screen import Screen
 from cellflow.screen.store import chunk_digest
@@ -87,6 +88,31 @@ def test_changed_input_image_redoes_only_that_field(tmp_path):
     again = run_spec(spec, progress=False)
     assert {name: (s["done"], s["skipped"]) for name, s in again.stages.items()} == {
         "autolabel": (1, 3), "score": (1, 3)}
+
+
+def test_an_interrupted_run_keeps_every_unit_that_finished(tmp_path, monkeypatch):
+    """Finished units are recorded in batches; Ctrl-C mid-batch still records them (and only them)."""
+    spec = _spec(tmp_path, stages=("autolabel", "score"))
+    finished: list[tuple[str, str]] = []
+    update = PlateView.update
+
+    def interrupt_after_three(self, stage, unit, result):
+        update(self, stage, unit, result)
+        finished.append((stage, unit.id))
+        if len(finished) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PlateView, "update", interrupt_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_spec(spec, progress=False)
+    monkeypatch.undo()
+    screen = Screen.open(tmp_path / "p.zarr")
+    recorded = {(stage, unit) for stage in ("autolabel", "score")
+                for unit, entry in TaskLog(screen, stage).load().items() if entry["status"] == "done"}
+    assert recorded == set(finished)
+    resumed = run_spec(spec, progress=False)
+    assert sum(s["skipped"] for s in resumed.stages.values()) == 3
+    assert sum(s["done"] for s in resumed.stages.values()) == 8 - 3
 
 
 def test_interrupted_run_redoes_only_unrecorded_and_corrupted_units(tmp_path):
