@@ -129,32 +129,18 @@ class Execution:
 
 
 class _Recorder:
-    """Client-side bookkeeping of finished units (the store's single writer).
-
-    Finished units are recorded in batches: every ``flush_units`` units or ``flush_s``
-    seconds, whichever comes first, the batch's chunk records go into the ledger (one
-    write per variable), then its task-log lines (one fsync per stage). Per unit, that
-    cost ~10 ms of the client's time, which at 10^5-10^6 fields a night is hours of a
-    serial bottleneck. A kill loses at most the last batch (those units are redone).
-    """
+    """Client-side bookkeeping of finished units (the store's single writer)."""
 
     def __init__(self, screen: Screen, stages: Sequence[PlannedStage], advance: Callable[[str], None],
-                 on_unit: Callable[[str, Unit, TaskResult], None] | None, *,
-                 flush_units: int = 256, flush_s: float = 2.0) -> None:
+                 on_unit: Callable[[str, Unit, TaskResult], None] | None) -> None:
         self.screen = screen
         self.logs = {s.name: TaskLog(screen, s.name) for s in stages}
         self.execution = Execution()
         self.advance = advance
         self.on_unit = on_unit
-        self.flush_units = flush_units
-        self.flush_s = flush_s
         self.start = time.perf_counter()
         self.started_path = Path(screen.path) / "_cellflow" / "tasks" / "started.log"
-        self._ledgers: dict[str, ChunkLedger] = {}
-        self._records: dict[str, list[ChunkRecord]] = defaultdict(list)
-        self._entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._batched = 0
-        self._flushed_at = time.monotonic()
+        self.ledgers: dict[str, ChunkLedger] = {}  # each keeps its zarr array open between marks
         for s in stages:
             self.execution.counts[s.name] = {"units": len(s.plan.units), "skipped": len(s.plan.skipped),
                                              "done": 0, "quarantined": 0}
@@ -171,40 +157,27 @@ class _Recorder:
                                 f"task returned {type(result).__name__}, not a TaskResult")
         counts = self.execution.counts[stage]
         if result.error is None:
-            for record in result.records:  # the writes returned before the task did
-                self._records[record.variable].append(record)
-                self.execution.chunks_written[record.variable] = \
-                    self.execution.chunks_written.get(record.variable, 0) + 1
+            by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
+            for record in result.records:
+                by_variable[record.variable].append(record)
+            for name, records in by_variable.items():
+                if name not in self.ledgers:
+                    self.ledgers[name] = self.screen.ledger(name)
+                self.ledgers[name].mark(records)  # the writes returned before the task did
+                self.execution.chunks_written[name] = self.execution.chunks_written.get(name, 0) + len(records)
             if unit.token:
-                self._entries[stage].append(done_entry(unit, result))
+                self.logs[stage].append([done_entry(unit, result)])
             counts["done"] += 1
         else:
             if unit.token:
-                self._entries[stage].append(failed_entry(unit, result.error))
+                self.logs[stage].append([failed_entry(unit, result.error)])
             counts["quarantined"] += 1
             self.execution.quarantined.extend(Quarantine(stage, field_id(f), result.error) for f in unit.fields)
-        self._batched += 1
-        if self._batched >= self.flush_units or time.monotonic() - self._flushed_at >= self.flush_s:
-            self.flush()
         self.execution.results.append(result)
         self.execution.finished_s[stage] = time.perf_counter() - self.start
         self.advance(stage)
         if self.on_unit is not None:
             self.on_unit(stage, unit, result)
-
-    def flush(self) -> None:
-        """Make the batch durable: ledger marks first, then the task-log lines that rely on them."""
-        for name, records in self._records.items():
-            if name not in self._ledgers:
-                self._ledgers[name] = self.screen.ledger(name)
-            self._ledgers[name].mark(records)
-        self._records.clear()
-        for stage, entries in self._entries.items():
-            if entries:
-                self.logs[stage].append(entries)
-        self._entries.clear()
-        self._batched = 0
-        self._flushed_at = time.monotonic()
 
 
 def execute_plans(
@@ -236,28 +209,20 @@ def execute_plans(
         recorder = _Recorder(screen, stages, lambda stage: progress.advance(bars[stage]), on_unit)
         if not pending:
             return recorder.execution
-        try:
-            _compute(client, pending, recorder, retries)
-        finally:  # an interrupted run keeps what finished
-            recorder.flush()
+        if client is None:
+            units = {task.key: (stage, unit) for stage, unit, task in pending}
+            with _Completions(units, recorder.record, recorder.started):
+                dask.compute(*[task for _, _, task in pending], scheduler="threads")
+            return recorder.execution
+        from distributed import as_completed
+
+        futures = client.compute([task for _, _, task in pending], retries=retries)
+        owner = {f.key: (stage, unit) for f, (stage, unit, _) in zip(futures, pending)}
+        for future in as_completed(futures):
+            stage, unit = owner[future.key]
+            if future.status == "finished":
+                recorder.record(stage, unit, future.result())
+            else:  # the worker died more often than allowed, or an unguarded task raised
+                error = future.exception()
+                recorder.record(stage, unit, TaskResult(stage=stage, error=f"{type(error).__name__}: {error}"))
         return recorder.execution
-
-
-def _compute(client: Any, pending: list[tuple[str, Unit, Any]], recorder: _Recorder, retries: int) -> None:
-    """Run the pending units on the threaded scheduler (``client`` None) or the cluster, recording each."""
-    if client is None:
-        units = {task.key: (stage, unit) for stage, unit, task in pending}
-        with _Completions(units, recorder.record, recorder.started):
-            dask.compute(*[task for _, _, task in pending], scheduler="threads")
-        return
-    from distributed import as_completed
-
-    futures = client.compute([task for _, _, task in pending], retries=retries)
-    owner = {f.key: (stage, unit) for f, (stage, unit, _) in zip(futures, pending)}
-    for future in as_completed(futures):
-        stage, unit = owner[future.key]
-        if future.status == "finished":
-            recorder.record(stage, unit, future.result())
-        else:  # the worker died more often than allowed, or an unguarded task raised
-            error = future.exception()
-            recorder.record(stage, unit, TaskResult(stage=stage, error=f"{type(error).__name__}: {error}"))

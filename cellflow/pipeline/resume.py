@@ -21,10 +21,9 @@ records it wrote and its table rows) after its writes returned and the chunk led
 was marked, or ``failed`` (with the error). A unit is skipped on resume only if its
 last line is ``done`` with the same token and every chunk it wrote still carries the
 recorded digest in the store's ledger (and, with ``verify``, re-hashing the chunk's
-bytes gives that digest). A line torn by a kill is ignored. The client records finished
-units in batches (every 256 units or 2 s: the ledger marks, then the lines, flushed and
-fsync'ed), and flushes the batch when a run is interrupted, so a SIGKILL of the runner
-loses at most the units that were in flight and those of the last 2 s.
+bytes gives that digest). A line torn by a kill is ignored. Lines are flushed and
+fsync'ed before the client goes on, so a SIGKILL of the runner loses at most the
+units that were in flight.
 """
 
 from __future__ import annotations

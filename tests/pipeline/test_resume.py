@@ -91,7 +91,7 @@ def test_changed_input_image_redoes_only_that_field(tmp_path):
 
 
 def test_an_interrupted_run_keeps_every_unit_that_finished(tmp_path, monkeypatch):
-    """Finished units are recorded in batches; Ctrl-C mid-batch still records them (and only them)."""
+    """Each unit is recorded as it finishes, so Ctrl-C keeps exactly the finished ones (none is redone)."""
     spec = _spec(tmp_path, stages=("autolabel", "score"))
     finished: list[tuple[str, str]] = []
     update = PlateView.update
