@@ -78,3 +78,16 @@ def test_the_stains_give_usable_auto_labels(result: dict[str, Any]) -> None:
 def test_split_rejects_overlapping_wells() -> None:
     with pytest.raises(ValueError, match="disjoint"):
         script.Split(train=("A01",), validation=("A01",), test=("A02",))
+
+
+def test_seed_summary_averages_the_per_seed_ratios() -> None:
+    def run(seed: int, auto: float, truth: float) -> dict[str, Any]:
+        return {"settings": {"seed": seed}, "f1_auto": auto, "f1_truth": truth,
+                "ratio": auto / truth if truth else None, "f1_classical_auto_labels": 0.8}
+
+    summary = script.summarise_seeds([run(1, 0.8, 0.9), run(2, 0.6, 0.8), run(3, 0.0, 0.0)])
+    assert summary["seeds"] == [1, 2, 3]
+    assert summary["ratio_mean"] == pytest.approx((0.8 / 0.9 + 0.75) / 2)  # an undefined ratio does not count
+    assert (summary["ratio_min"], summary["ratio_max"]) == (pytest.approx(0.75), pytest.approx(0.8 / 0.9))
+    assert summary["ratio_of_means"] == pytest.approx((1.4 / 3) / (1.7 / 3))
+    assert summary["f1_auto_mean"] == pytest.approx(1.4 / 3)
