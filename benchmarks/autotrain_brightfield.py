@@ -22,13 +22,18 @@ Steps, all on one seeded synthetic plate (channels DNA, Cyto, BF; 3 z planes):
    mean over IoU 0.50..0.90, then mean over the test fields. The classical auto labels are
    scored on the same fields for context.
 
-Prints a table and writes ``benchmarks/results/autotrain_brightfield.json``.
+``--input cellpainting`` runs the same comparison for the paper's other case: the plate has
+DNA and the four other Cell Painting stains (ER, RNA, AGP, Mito; one plane), the auto labels
+come from DNA alone, and the network sees only the four other stains (planes averaged).
+
+Prints a table and writes ``benchmarks/results/autotrain_brightfield.json`` (``--out`` to
+write elsewhere, e.g. ``benchmarks/results/autotrain_cellpainting.json``).
 
 Usage::
 
     python benchmarks/autotrain_brightfield.py [--epochs 16] [--steps 50] [--width 16] [--levels 4]
            [--size 256] [--wells 8] [--train-wells 4] [--sites 2] [--threads 1] [--out PATH]
-           [--nuclei JSON] [--seeds 2017 2018 ...] [--jobs 2]
+           [--nuclei JSON] [--seeds 2017 2018 ...] [--jobs 2] [--input {brightfield,cellpainting}]
 
 With ``--seeds`` the whole measurement (plate, auto labels, both trainings) repeats per seed and
 the table ends with the per-seed ratios and their mean: one seed's ratio moves by a few points
@@ -63,6 +68,14 @@ from cellflow.screen.store import FieldKey, Screen
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "autotrain_brightfield.json"
 
+#: What the network sees, per ``--input``: the plate's channels and planes, the network's input
+#: channels and how their planes are used. The auto labels always come from DNA (+ Cyto).
+INPUTS: dict[str, dict[str, Any]] = {
+    "brightfield": {"plate": ["DNA", "Cyto", "BF"], "n_z": 3, "channels": ("BF",), "z": "all"},
+    "cellpainting": {"plate": ["DNA", "ER", "RNA", "AGP", "Mito"], "n_z": 1,
+                     "channels": ("ER", "RNA", "AGP", "Mito"), "z": "mean"},
+}
+
 
 @dataclass(frozen=True)
 class Split:
@@ -83,17 +96,18 @@ class Split:
 
 
 def classical_labels(store: Path, tables: Path, *, wells: Sequence[str], sites: int, shape_yx: tuple[int, int],
-                     nuclei_per_field: int, seed: int,
-                     nuclei: dict[str, Any] | None = None) -> tuple[Screen, float]:
+                     nuclei_per_field: int, seed: int, nuclei: dict[str, Any] | None = None,
+                     modality: str = "brightfield") -> tuple[Screen, float]:
     """Synthesise the plate and auto-label it from the stains through ``run_spec``; (screen, seconds)."""
     spec = parse_spec({
         "name": "autotrain-brightfield",
         "input": {"store": str(store), "reuse": False,
                   "synthetic": {"wells": list(wells), "sites": sites, "shape_yx": list(shape_yx),
-                                "channels": ["DNA", "Cyto", "BF"], "n_z": 3,
+                                "channels": INPUTS[modality]["plate"], "n_z": INPUTS[modality]["n_z"],
                                 "nuclei_per_field": nuclei_per_field, "seed": seed}},
         "stages": {"illumination": {},
-                   "autolabel": {"nuclear_channel": "DNA", "cytoplasm_channel": "Cyto", "diameter_um": 16,
+                   "autolabel": {"nuclear_channel": "DNA", "diameter_um": 16,
+                                 "cytoplasm_channel": "Cyto" if "Cyto" in INPUTS[modality]["plate"] else None,
                                  "nuclei": dict(nuclei or {})}},
         "output": {"tables": str(tables)},
         "cluster": {"kind": "threads"},
@@ -103,10 +117,12 @@ def classical_labels(store: Path, tables: Path, *, wells: Sequence[str], sites: 
     return result.screen, time.perf_counter() - started
 
 
-def base_params(split: Split, *, epochs: int, steps: int, width: int, levels: int, seed: int) -> TrainParams:
+def base_params(split: Split, *, epochs: int, steps: int, width: int, levels: int, seed: int,
+                modality: str = "brightfield") -> TrainParams:
     """The shared training settings; only ``target``/``truth`` differ between the two runs."""
     return TrainParams(
-        model="resunet", model_options={"width": width, "levels": levels}, channels=("BF",), z="all", classes=3,
+        model="resunet", model_options={"width": width, "levels": levels}, classes=3,
+        channels=INPUTS[modality]["channels"], z=INPUTS[modality]["z"],
         augment=AugmentParams(p_elastic=0.0), crop_size=128, batch_size=4, optimizer="adam",
         learning_rate=2e-3, schedule="cosine", epochs=epochs, steps_per_epoch=steps, patience=None,
         train_wells=split.train, validation_wells=split.validation, seed=seed,
@@ -121,7 +137,7 @@ def held_out_fields(screen: Screen, wells: Sequence[str]) -> list[FieldKey]:
 def predicted_labels(screen: Screen, checkpoint: Path, fields: Sequence[FieldKey],
                      params: TrainParams, threads: int) -> dict[FieldKey, np.ndarray]:
     """Predict ``fields`` with the checkpoint (written to ``probabilities``), then instances per field."""
-    graph = build_predict(screen, PredictParams(model=str(checkpoint), tile=256, z="all", threads=threads),
+    graph = build_predict(screen, PredictParams(model=str(checkpoint), tile=256, z=params.z, threads=threads),
                           fields=fields)
     graph.create_outputs(screen)
     dask.compute(*graph.tasks, scheduler="synchronous")
@@ -160,6 +176,7 @@ class Settings:
     levels: int = 4
     seed: int = 2017
     threads: int = 1
+    modality: str = "brightfield"
 
     def split(self) -> Split:
         """Wells A01.. : the first ``train_wells`` train, the next one validates, the rest test."""
@@ -185,10 +202,10 @@ def compare(workdir: Path, settings: Settings, *, ignore_area_ratio: float | Non
     screen, classical_s = classical_labels(
         workdir / "plate.zarr", workdir / "tables", wells=split.wells, sites=settings.sites,
         shape_yx=(settings.size, settings.size), nuclei_per_field=settings.nuclei_per_field, seed=settings.seed,
-        nuclei=nuclei)
+        nuclei=nuclei, modality=settings.modality)
     fields = held_out_fields(screen, split.test)
     base = base_params(split, epochs=settings.epochs, steps=settings.steps, width=settings.width,
-                       levels=settings.levels, seed=settings.seed)
+                       levels=settings.levels, seed=settings.seed, modality=settings.modality)
     runs: dict[str, dict[str, Any]] = {}
     # (a) the paper's setting: no truth at training time, so it validates on its own auto labels.
     auto = replace(base, target="labels_nuclei", truth="labels_nuclei", ignore_area_ratio=ignore_area_ratio,
@@ -219,7 +236,9 @@ def compare(workdir: Path, settings: Settings, *, ignore_area_ratio: float | Non
 
 def print_report(result: dict[str, Any]) -> None:
     split = result["split"]
-    print(f"\nBright-field nuclei, trained on wells {', '.join(split['train'])}, validated on "
+    title = {"brightfield": "Bright-field", "cellpainting": "Cell Painting (ER, RNA, AGP, Mito)"}
+    what = title[result["settings"].get("modality", "brightfield")]
+    print(f"\n{what} nuclei, trained on wells {', '.join(split['train'])}, validated on "
           f"{', '.join(split['validation'])}, scored against truth_nuclei on {', '.join(split['test'])} "
           f"({split['test_fields']} fields)")
     print(f"{'':<40} {'test avgF1':>10} {'val F1':>7} {'best ep':>7} {'train s':>8}")
@@ -240,7 +259,11 @@ def main() -> None:
              "size": "field side in pixels", "nuclei_per_field": "per 1024 x 1024 (scaled by the area)",
              "width": "resunet width", "levels": "resunet levels", "threads": "torch CPU threads"}
     for name, value in asdict(default).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=helps.get(name))
+        if name != "modality":
+            parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=helps.get(name))
+    parser.add_argument("--input", dest="modality", choices=sorted(INPUTS), default=default.modality,
+                        help="what the network sees: the 3-plane bright-field stack (default) or the four "
+                             "non-nuclear Cell Painting channels")
     parser.add_argument("--ignore-area-ratio", type=float, default=None,
                         help="auto run: leave auto labels larger than this x the median area out of the loss")
     parser.add_argument("--ignore-solidity", type=float, default=None,

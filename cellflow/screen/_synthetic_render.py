@@ -26,6 +26,7 @@ from cellflow.screen._synthetic_optics import (
     fluorescence_plane,
     phase_laplacian,
 )
+from cellflow.screen._synthetic_painting import PAINTING_CHANNELS, painting_signal, painting_textures
 from cellflow.screen._synthetic_population import NUCLEUS, Population
 from cellflow.screen._synthetic_random import smooth_noise, stable_rng
 
@@ -109,6 +110,9 @@ def _static_fields(spec: SyntheticSpec, key: FieldKey) -> dict[str, np.ndarray]:
     if "Cyto" in spec.channels:
         rng = stable_rng(*key, "cyto-texture")
         static["cyto_texture"] = np.stack([smooth_noise(rng, shape, s / px) for s in (0.8, 4.0)])
+    for channel in PAINTING_CHANNELS:
+        if channel in spec.channels:
+            static[f"{channel}_texture"] = painting_textures(key, channel, shape, px)
     return static
 
 
@@ -174,6 +178,13 @@ def render_field(spec: SyntheticSpec, pop: Population, *, key: FieldKey,
                 planes = _brightfield_stack(spec, frame)
             elif channel == "DNA":
                 planes = _fluorescence_stack(spec, frame.dna)
+            elif channel in PAINTING_CHANNELS:
+                signal = painting_signal(
+                    channel, frame.territories, frame.nuclei, key=key, level=frame.cyto_level,
+                    brightness_e=spec.cyto_brightness_e, texture=static[f"{channel}_texture"],
+                    pixel_size_um=spec.pixel_size_um,
+                )
+                planes = _fluorescence_stack(spec, signal)
             else:
                 cyto = cyto_signal(
                     frame.territories, frame.nuclei, level=frame.cyto_level,

@@ -17,10 +17,14 @@ from cellflow._config import check_keys
 from cellflow.errors import SpecError
 from cellflow.screen.layout import WELL_PATTERN, ScreenLayout
 
-__all__ = ["SYNTHETIC_CHANNELS", "SyntheticSpec"]
+__all__ = ["DEFAULT_CHANNELS", "SYNTHETIC_CHANNELS", "SyntheticSpec"]
 
-#: Channels the generator can render.
-SYNTHETIC_CHANNELS: tuple[str, ...] = ("DNA", "Cyto", "BF")
+#: Channels the generator can render: DNA, a cytoplasm stain, bright-field, and the four
+#: non-nuclear Cell Painting stains (endoplasmic reticulum, RNA, actin/Golgi/plasma membrane,
+#: mitochondria).
+SYNTHETIC_CHANNELS: tuple[str, ...] = ("DNA", "Cyto", "BF", "ER", "RNA", "AGP", "Mito")
+#: Channels of a synthetic plate unless the spec names others.
+DEFAULT_CHANNELS: tuple[str, ...] = ("DNA", "Cyto", "BF")
 _FRACTIONS = ("cluster_fraction", "mitotic_fraction", "micronuclei_fraction", "s_fraction", "g2_fraction")
 _POSITIVE = (
     "z_step_um", "interval_min", "pixel_size_um", "nucleus_diameter_um", "psf_sigma_um",
@@ -85,7 +89,8 @@ class SyntheticSpec:
     shape_yx : (int, int)
         Field size in pixels, each >= 16.
     channels : tuple of str
-        Any subset of ``('DNA', 'Cyto', 'BF')``, in any order.
+        Any subset of :data:`SYNTHETIC_CHANNELS` (``DNA``, ``Cyto``, ``BF``, ``ER``, ``RNA``,
+        ``AGP``, ``Mito``), in any order; default ``('DNA', 'Cyto', 'BF')``.
     n_z, z_step_um : int, float
         Focal planes at ``(arange(n_z) - (n_z - 1) / 2) * z_step_um``.
     n_t, interval_min : int, float
@@ -153,7 +158,7 @@ class SyntheticSpec:
     wells: tuple[str, ...] = ("A01", "A02")
     sites: int = 4
     shape_yx: tuple[int, int] = (1024, 1024)
-    channels: tuple[str, ...] = SYNTHETIC_CHANNELS
+    channels: tuple[str, ...] = DEFAULT_CHANNELS
     n_z: int = 3
     z_step_um: float = 2.0
     n_t: int = 1

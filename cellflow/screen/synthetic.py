@@ -9,6 +9,10 @@ Each field looks like a cell-painting / high-content acquisition:
   dimmer at the cell edge; touching cells with irregular borders.
 * ``BF``: bright-field of the same cells as phase objects, faint in focus, with
   halos whose sign flips from one side of focus to the other.
+* ``ER``, ``RNA``, ``AGP``, ``Mito``: the other Cell Painting stains of the same
+  cells (reticular perinuclear ER; nucleoli and nucleoplasm; membranes, Golgi and
+  fibres; punctate mitochondria), for training networks without the DNA channel.
+  Not rendered unless the spec's ``channels`` names them (default: DNA, Cyto, BF).
 
 Acquisition adds a per plate x channel vignetting field
 (:func:`true_illumination`), defocus blur per z plane, background

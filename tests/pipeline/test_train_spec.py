@@ -15,7 +15,7 @@ from cellflow.pipeline.spec import load_train_spec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["brightfield-autotrain", "cellpainting-autotrain"])
+@pytest.mark.parametrize("name", ["brightfield-autotrain", "cellpainting-autotrain", "cells-autotrain"])
 def test_shipped_autotrain_specs_validate(name):
     spec = load_train_spec(ROOT / "specs" / f"{name}.yaml")
     labelling = spec.labelling()

@@ -375,3 +375,41 @@ def test_write_synthetic_screen_round_trips(tmp_path, scheduler):
             np.testing.assert_array_equal(sel["truth_cells"].values, field.truth_cells)
     with pytest.raises(StoreExistsError):
         write_synthetic_screen(tmp_path / "s.zarr", spec)
+
+
+# ---------------------------------------------------------------- Cell Painting stains
+
+
+def test_cell_painting_stains_leave_the_other_channels_untouched():
+    plain = synthesize_field(_spec(n_z=1, channels=("DNA", "Cyto", "BF")), plate="P1", well="A01", site=0)
+    painted = synthesize_field(_spec(n_z=1, channels=("ER", "DNA", "Mito", "Cyto", "AGP", "RNA", "BF")),
+                               plate="P1", well="A01", site=0)
+    for c, i in zip(("DNA", "Cyto", "BF"), (1, 3, 6)):
+        np.testing.assert_array_equal(plain.images[:, ("DNA", "Cyto", "BF").index(c)], painted.images[:, i])
+    np.testing.assert_array_equal(plain.truth_nuclei, painted.truth_nuclei)
+    np.testing.assert_array_equal(plain.truth_cells, painted.truth_cells)
+
+
+def test_each_cell_painting_stain_shows_its_compartment():
+    """Measured against the truth masks: what a biologist sees in each channel of a Cell Painting field."""
+    spec = _spec(n_z=1, channels=("ER", "RNA", "AGP", "Mito"), psf_sigma_um=0.3)
+    field = synthesize_field(spec, plate="P1", well="A01", site=0)
+    nuclei, cells = field.truth_nuclei[0], field.truth_cells[0]
+    floor = spec.camera_offset_adu + spec.background_e * spec.gain_adu_per_e
+    signal = {c: field.images[0, i, 0].astype(float) - floor for i, c in enumerate(spec.channels)}
+    nucleus = ndi.binary_erosion(nuclei > 0, iterations=2)  # away from the blurred envelope
+    ring = ndi.binary_dilation(nuclei > 0, iterations=3) & ~ndi.binary_dilation(nuclei > 0) & (cells > 0)
+    border = np.zeros(cells.shape, bool)
+    border[:, 1:] |= (cells[:, 1:] != cells[:, :-1]) & (cells[:, 1:] > 0) & (cells[:, :-1] > 0)
+    border[1:, :] |= (cells[1:, :] != cells[:-1, :]) & (cells[1:, :] > 0) & (cells[:-1, :] > 0)
+    cytoplasm = (cells > 0) & ~ndi.binary_dilation(nuclei > 0, iterations=2) & ~ndi.binary_dilation(border, iterations=3)
+    assert nucleus.sum() > 500 and ring.sum() > 500 and border.sum() > 100 and cytoplasm.sum() > 1000
+    er, rna, agp, mito = (signal[c] for c in ("ER", "RNA", "AGP", "Mito"))
+    assert er[nucleus].mean() < 0.35 * er[ring].mean()  # nuclei are holes ringed by the densest ER
+    assert rna[nucleus].mean() > 1.5 * rna[cytoplasm].mean()  # RNA marks the nucleus ...
+    bright_spots = [rna[(nuclei == k) & nucleus].max() / np.median(rna[(nuclei == k) & nucleus])
+                    for k in np.unique(nuclei[nucleus])]
+    assert np.median(bright_spots) > 1.5  # ... with nucleoli brighter than its nucleoplasm
+    assert agp[border].mean() > 2 * agp[cytoplasm].mean()  # membranes outline every cell
+    assert agp[nucleus].mean() < agp[cytoplasm].mean()
+    assert mito[nucleus].mean() < 0.3 * mito[cytoplasm].mean()  # mitochondria stay out of the nucleus
