@@ -188,7 +188,7 @@ def segment(
     ] = None,
     workers: Annotated[int, typer.Option(help="Local worker processes (0: threads in this process)")] = 2,
     scheduler: Annotated[str | None, typer.Option(help="Address of a running scheduler tcp://HOST:PORT")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing label files")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing label files (a store's labels_nuclei)")] = False,
     keep_store: Annotated[Path | None, typer.Option(help="Keep the intermediate screen store here")] = None,
 ) -> None:
     """Segment nuclei: a folder in -> one uint32 label TIFF per image (same stem); a store -> labels_nuclei."""
@@ -231,7 +231,7 @@ def predict(
     device: Annotated[str, typer.Option(help="Torch device of the workers: cpu, cuda")] = "cpu",
     workers: Annotated[int, typer.Option(help="Local worker processes (0: threads in this process)")] = 2,
     scheduler: Annotated[str | None, typer.Option(help="Address of a running scheduler tcp://HOST:PORT")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing probability files")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace probability files (a store's probabilities)")] = False,
     keep_store: Annotated[Path | None, typer.Option(help="Keep the intermediate screen store here")] = None,
 ) -> None:
     """Class probabilities: a folder in -> one float32 <stem>_prob.tif (classes, y, x) per image; a store -> in it."""

@@ -110,13 +110,25 @@ def _optional(module: str, kind: str, extra: str) -> Any:
         ) from error
 
 
+def _dashboard(spec: ClusterSpec) -> str:
+    """The spec's dashboard address, or ``$CELLFLOW_DASHBOARD_ADDRESS`` when the spec leaves it at the default.
+
+    On a node several people share, one sets e.g. ``CELLFLOW_DASHBOARD_ADDRESS=127.0.0.1:8790``
+    (or ``127.0.0.1:0`` for any free port) once instead of in every spec.
+    """
+    chosen = os.environ.get("CELLFLOW_DASHBOARD_ADDRESS")
+    if chosen and "dashboard_address" not in spec.model_fields_set:
+        return chosen
+    return spec.dashboard_address
+
+
 def _local(spec: ClusterSpec) -> Any:
     from distributed import LocalCluster
 
     cores = max(1, len(os.sched_getaffinity(0)) // spec.n_workers)  # each worker's share: no oversubscription
     return LocalCluster(
         n_workers=spec.n_workers, threads_per_worker=spec.threads_per_worker, processes=True,
-        memory_limit=spec.memory_limit, dashboard_address=spec.dashboard_address, host="127.0.0.1",
+        memory_limit=spec.memory_limit, dashboard_address=_dashboard(spec), host="127.0.0.1",
         env={"CELLFLOW_CORES": str(cores), "OMP_NUM_THREADS": str(cores)},
     )
 
@@ -129,7 +141,7 @@ def _local_cuda(spec: ClusterSpec) -> Any:
     # One worker per visible GPU: LocalCUDACluster's own default, so n_workers is not passed.
     return dask_cuda.LocalCUDACluster(
         threads_per_worker=spec.threads_per_worker, memory_limit=spec.memory_limit,
-        dashboard_address=spec.dashboard_address, host="127.0.0.1", **options,
+        dashboard_address=_dashboard(spec), host="127.0.0.1", **options,
     )
 
 

@@ -27,6 +27,15 @@ def forbid_compute() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _any_free_dashboard_port() -> Iterator[None]:
+    """Local clusters of concurrent tests (pytest -n 2) must not race for the default dashboard port 8787."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CELLFLOW_DASHBOARD_ADDRESS", "127.0.0.1:0")
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def no_compute():
     return forbid_compute

@@ -211,3 +211,18 @@ def test_cluster_section_errors_name_the_field(cluster, message):
     text = yaml.safe_dump({"name": "x", "input": {"store": "s.zarr"}, "cluster": cluster}, sort_keys=False)
     with pytest.raises(SpecError, match=message):
         parse_spec(yaml.safe_load(text), root=yaml.compose(text))
+
+
+def test_dashboard_address_from_the_environment_only_where_the_spec_leaves_the_default(monkeypatch):
+    class FakeCUDACluster(_Recorder):
+        calls: ClassVar[list] = []
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=FakeCUDACluster))
+    monkeypatch.setenv("CELLFLOW_DASHBOARD_ADDRESS", "127.0.0.1:0")
+    for spec, expected in ((ClusterSpec(kind="local-cuda"), "127.0.0.1:0"),
+                           (ClusterSpec(kind="local-cuda", dashboard_address="127.0.0.1:8799"), "127.0.0.1:8799")):
+        FakeCUDACluster.calls.clear()
+        with cluster_client(spec):
+            pass
+        assert FakeCUDACluster.calls[0][1]["dashboard_address"] == expected
+    assert ClusterSpec().dashboard_address == "127.0.0.1:8787"  # the documented default is unchanged

@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -171,12 +171,18 @@ def cluster_client(spec: ClusterSpec, *, address: str | None = None) -> Iterator
         yield client
 
 
-def build_graphs(screen: Screen, spec: PipelineSpec) -> list[StageGraph]:
-    """Build every stage's graph in spec order (lazy), creating output variables as it goes."""
+def build_graphs(screen: Screen, spec: PipelineSpec, *,
+                 before_create: Callable[[StageGraph], None] | None = None) -> list[StageGraph]:
+    """Build every stage's graph in spec order (lazy), creating output variables as it goes.
+
+    ``before_create`` sees each stage's graph before its outputs are created (and may raise).
+    """
     graphs: list[StageGraph] = []
     previous: StageGraph | None = None
     for _name, entry, params in spec.stage_entries():
         graph = entry.build(screen, params, after=previous)
+        if before_create is not None:
+            before_create(graph)
         graph.create_outputs(screen)
         graphs.append(graph)
         previous = graph

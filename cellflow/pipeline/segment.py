@@ -26,6 +26,7 @@ import tifffile
 from rich.console import Console
 
 from cellflow.errors import IngestError, StoreExistsError
+from cellflow.graph import StageGraph
 from cellflow.pipeline.runner import build_graphs, cluster_client, execute_graphs, record_chunks
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen.store import FieldKey, Screen
@@ -130,7 +131,7 @@ def segment(
     scheduler : str, optional
         Address of a running scheduler (overrides ``cluster``).
     overwrite : bool
-        Replace existing label files.
+        Replace existing label files, or for a store the variables the run writes.
     keep_store : str or Path, optional
         Keep the intermediate store of a folder run here (default: a temporary one).
 
@@ -141,7 +142,8 @@ def segment(
     Raises
     ------
     StoreExistsError
-        Label files exist and ``overwrite`` is false.
+        Label files exist, or the store already holds a variable the run writes, and
+        ``overwrite`` is false.
     IngestError
         ``source`` is neither a folder of images nor a store, or nothing in it is readable.
     """
@@ -205,7 +207,16 @@ def run_on_images(
         spec = PipelineSpec(
             name="segment", input=InputSpec(store=store), stages=stages, cluster=cluster,
         )
-        graphs = build_graphs(screen, spec)
+        existing = set(screen.variables) if as_store else set()
+
+        def refuse_replacing(graph: StageGraph) -> None:  # a store's own results are never replaced silently
+            clash = [o.name for o in graph.outputs if o.name in existing]
+            if clash and not overwrite:
+                raise StoreExistsError(
+                    f"{store} already holds {', '.join(map(repr, clash))} (e.g. auto labels from the stains), "
+                    "which this run would replace: pass --overwrite to do so, or run on a copy of the store")
+
+        graphs = build_graphs(screen, spec, before_create=refuse_replacing)
         results = execute_graphs(graphs, client, console, progress)
         record_chunks(screen, results)
         files, counts = ((), {}) if out_dir is None else _export_tiffs(screen, out_dir, client, export)

@@ -68,6 +68,26 @@ def test_existing_labels_are_never_overwritten_silently(folder, tmp_path):
     assert tifffile.imread(victim).dtype == np.uint32
 
 
+def test_a_stores_own_labels_are_never_replaced_silently(tmp_path):
+    """Segmenting a store that already holds labels_nuclei (the stains' auto labels) needs --overwrite."""
+    from cellflow.screen.synthetic import SyntheticSpec, write_synthetic_screen
+
+    screen = write_synthetic_screen(tmp_path / "p.zarr", SyntheticSpec(
+        wells=("A01",), sites=2, shape_yx=(96, 96), channels=("DNA",), n_z=1, nuclei_per_field=600, seed=4))
+    store, threads = screen.path, ClusterSpec(kind="threads")
+    segment(store, None, params=AutolabelParams(diameter_px=12, illumination=False), cluster=threads, progress=False)
+    keys = screen.fields()
+    before = [screen.read("labels_nuclei", **k._asdict()) for k in keys]
+    strict = AutolabelParams(diameter_px=12, illumination=False, nuclei={"threshold": 1e6})  # finds nothing
+    with pytest.raises(StoreExistsError, match=r"already holds 'labels_nuclei'.*pass --overwrite"):
+        segment(store, None, params=strict, cluster=threads, progress=False)
+    for key, labels in zip(keys, before):
+        np.testing.assert_array_equal(screen.read("labels_nuclei", **key._asdict()), labels)
+    segment(store, None, params=strict, cluster=threads, overwrite=True, progress=False)
+    assert all(int(b.max()) > 0 for b in before)
+    assert all(not screen.read("labels_nuclei", **k._asdict()).any() for k in keys)  # replaced, as asked
+
+
 def test_a_bad_image_is_named_and_the_rest_are_segmented(folder, tmp_path):
     bad = folder / "broken.tif"
     tifffile.imwrite(bad, np.ones((64, 64), np.uint16))
