@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--synthetic-fields", type=int, default=0,
                         help="also train on this many synthetic DNA fields at DSB-like scales (10-40 px nuclei)")
+    parser.add_argument("--augment", type=json.loads, default=None, metavar="JSON",
+                        help="AugmentParams fields over the defaults below, e.g. '{\"p_noise\": 0.6}'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,7 @@ def main() -> None:
         normalization=Normalization(method="percentile", low=1.0, high=99.8),
         # zoom 0.5-2x: the test images' nuclei range from a few to ~40 px across; shrink_px=1 undoes
         # the boundary band the 3-class targets put one pixel outside each contour
-        augment=AugmentParams(p_scale=0.6, scale_range=(0.5, 2.0)),
+        augment=AugmentParams.from_dict({"p_scale": 0.6, "scale_range": (0.5, 2.0), **(args.augment or {})}),
         postprocess=PostprocessParams(shrink_px=1),
         crop_size=192, batch_size=8, optimizer="adam", learning_rate=args.lr, init_from=args.init_from,
         schedule="cosine",
