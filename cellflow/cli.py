@@ -98,6 +98,9 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="Recompute everything instead of resuming")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="On resume, re-hash every recorded chunk")] = False,
     report: Annotated[bool, typer.Option(help="Write the HTML run report (report.html beside run.json)")] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Let a stage replace a variable another stage wrote")
+    ] = False,
 ) -> None:
     """Run a pipeline spec on its cluster (a local 2-worker cluster by default), resuming earlier work.
 
@@ -112,7 +115,7 @@ def run(
         parsed = parsed.model_copy(update={"cluster": with_overrides(parsed.cluster, kind=cluster, n_workers=workers)})
     console.print(f"[bold]cellflow run[/bold] {parsed.name} ({spec})")
     result = run_spec(parsed, scheduler=scheduler, console=console, progress=progress, resume=not fresh,
-                      verify=verify, spec_path=spec)
+                      verify=verify, spec_path=spec, overwrite=overwrite)
     for key, table in result.tables.items():
         if key.endswith("/plates"):
             console.print(_table(_score_view(table), f"{key.split('/')[0]} vs truth, per plate"))

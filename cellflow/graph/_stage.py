@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import dask
 from dask.delayed import Delayed
 
-from cellflow.errors import RegionError
+from cellflow.errors import RegionError, StoreExistsError
 from cellflow.metrics import field_extents, select_fields
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen
 
@@ -46,6 +46,10 @@ _Task = TypeVar("_Task", bound=Callable[..., Any])
 IO_ATTEMPTS = 3
 
 
+#: Variable attribute naming the stage that writes the variable.
+PRODUCER_ATTR = "cellflow_stage"
+
+
 @dataclass(frozen=True)
 class VariableSpec:
     """A variable a stage writes: created (idempotently) before the stage runs."""
@@ -57,10 +61,27 @@ class VariableSpec:
     attrs: Mapping[str, Any] | None = None
     fill_value: Any = 0
 
-    def create(self, screen: Screen) -> None:
-        """Add the variable to ``screen`` unless an identical one exists."""
+    def create(self, screen: Screen, *, producer: str | None = None, replace: bool = False) -> None:
+        """Add the variable to ``screen`` unless an identical one exists.
+
+        ``producer`` (a stage name) is recorded in the variable's :data:`PRODUCER_ATTR`. A
+        variable another stage wrote is never taken over silently: that raises
+        :class:`~cellflow.errors.StoreExistsError` unless ``replace`` (then the new producer
+        is recorded). Variables of stores from before producers were recorded are taken over.
+        """
+        if producer is not None and self.name in screen.variables:
+            earlier = screen.variable_attrs(self.name).get(PRODUCER_ATTR)
+            if earlier is None:  # made before producers were recorded: this stage owns it from now on
+                screen.update_variable_attrs(self.name, {PRODUCER_ATTR: producer})
+            elif earlier != producer:
+                if not replace:
+                    raise StoreExistsError(
+                        f"{self.name!r} in {screen.path} was written by the {earlier!r} stage; the {producer!r} stage "
+                        f"would replace it: give that stage another output name, or pass --overwrite to replace it")
+                screen.update_variable_attrs(self.name, {**(self.attrs or {}), PRODUCER_ATTR: producer})
+        attrs = {**(self.attrs or {}), **({PRODUCER_ATTR: producer} if producer is not None else {})}
         screen.add_variable(
-            self.name, dims=self.dims, dtype=self.dtype, coords=self.coords, attrs=self.attrs,
+            self.name, dims=self.dims, dtype=self.dtype, coords=self.coords, attrs=attrs,
             fill_value=self.fill_value, exist_ok=True,
         )
 
@@ -85,10 +106,14 @@ class StageGraph:
     tasks: tuple[Delayed, ...]
     by_field: Mapping[FieldKey, Delayed] = field(default_factory=dict)
 
-    def create_outputs(self, screen: Screen) -> None:
-        """Create every output variable (client side, before computing)."""
+    def create_outputs(self, screen: Screen, *, replace: bool = False) -> None:
+        """Create every output variable (client side, before computing), recording this stage as its producer.
+
+        Raises :class:`~cellflow.errors.StoreExistsError` when another stage wrote one of them,
+        unless ``replace``.
+        """
         for spec in self.outputs:
-            spec.create(screen)
+            spec.create(screen, producer=self.name, replace=replace)
 
 
 def _field_of(args: Sequence[Any]) -> FieldKey | None:

@@ -71,8 +71,13 @@ class Quarantine:
                 "t": float(t) if t else None, "field": self.field, "error": self.error}
 
 
-def plan_graphs(screen: Screen, spec: PipelineSpec, *, resume: bool = True, verify: bool = False) -> list[PlannedStage]:
-    """Build and plan every stage in spec order, creating output variables as it goes (lazy)."""
+def plan_graphs(screen: Screen, spec: PipelineSpec, *, resume: bool = True, verify: bool = False,
+                replace: bool = False) -> list[PlannedStage]:
+    """Build and plan every stage in spec order, creating output variables as it goes (lazy).
+
+    ``replace``: a stage may take over a variable another stage wrote (else that raises
+    :class:`~cellflow.errors.StoreExistsError` before anything runs).
+    """
     inputs = input_digests(screen)
     planned: list[PlannedStage] = []
     previous_full: StageGraph | None = None
@@ -80,7 +85,7 @@ def plan_graphs(screen: Screen, spec: PipelineSpec, *, resume: bool = True, veri
     upstream: dict[Any, str] = {}
     for name, entry, params in spec.stage_entries():
         full = entry.build(screen, params, after=previous_full)
-        full.create_outputs(screen)
+        full.create_outputs(screen, replace=replace)
         plan = plan_stage(screen, name, params, full, upstream=upstream, inputs=inputs, resume=resume, verify=verify)
         if not full.by_field:  # a stage without per-field results: one unit, always run
             plan.todo = [Unit(id="*", fields=(), token="")]

@@ -171,11 +171,12 @@ def cluster_client(spec: ClusterSpec, *, address: str | None = None) -> Iterator
         yield client
 
 
-def build_graphs(screen: Screen, spec: PipelineSpec, *,
-                 before_create: Callable[[StageGraph], None] | None = None) -> list[StageGraph]:
+def build_graphs(screen: Screen, spec: PipelineSpec, *, before_create: Callable[[StageGraph], None] | None = None,
+                 replace: bool = False) -> list[StageGraph]:
     """Build every stage's graph in spec order (lazy), creating output variables as it goes.
 
-    ``before_create`` sees each stage's graph before its outputs are created (and may raise).
+    ``before_create`` sees each stage's graph before its outputs are created (and may raise);
+    ``replace`` lets a stage take over a variable another stage wrote.
     """
     graphs: list[StageGraph] = []
     previous: StageGraph | None = None
@@ -183,7 +184,7 @@ def build_graphs(screen: Screen, spec: PipelineSpec, *,
         graph = entry.build(screen, params, after=previous)
         if before_create is not None:
             before_create(graph)
-        graph.create_outputs(screen)
+        graph.create_outputs(screen, replace=replace)
         graphs.append(graph)
         previous = graph
     return graphs
@@ -267,6 +268,7 @@ def run_spec(
     resume: bool = True,
     verify: bool = False,
     spec_path: str | Path | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Run a pipeline spec end to end, resuming whatever an earlier run of it left done.
 
@@ -287,6 +289,9 @@ def run_spec(
         When resuming, re-hash every recorded chunk's bytes too.
     spec_path : path, optional
         The spec's file, for the report.
+    overwrite : bool
+        Let a stage replace a variable another stage wrote (e.g. the spec's ``autolabel``
+        over a model's ``labels_nuclei``); without it that stops the run before anything runs.
 
     Returns
     -------
@@ -318,7 +323,7 @@ def run_spec(
             screen = prepare_input(spec.input, scheduler=None if client is None else client)
             seconds["input"] = time.perf_counter() - start
             start = time.perf_counter()
-            planned = plan_graphs(screen, spec, resume=resume, verify=verify)
+            planned = plan_graphs(screen, spec, resume=resume, verify=verify, replace=overwrite)
             seconds["build"] = time.perf_counter() - start
             view = PlateView(screen, planned, out_dir, dashboard=dashboard)
             console.print(f"plate view: {view.html_path}")

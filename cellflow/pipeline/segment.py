@@ -216,7 +216,7 @@ def run_on_images(
                     f"{store} already holds {', '.join(map(repr, clash))} (e.g. auto labels from the stains), "
                     "which this run would replace: pass --overwrite to do so, or run on a copy of the store")
 
-        graphs = build_graphs(screen, spec, before_create=refuse_replacing)
+        graphs = build_graphs(screen, spec, before_create=refuse_replacing, replace=overwrite)
         results = execute_graphs(graphs, client, console, progress)
         record_chunks(screen, results)
         files, counts = ((), {}) if out_dir is None else _export_tiffs(screen, out_dir, client, export)

@@ -203,6 +203,16 @@ class Screen:
         """The layout the store was created with."""
         return ScreenLayout.from_dict(self.attrs["cellflow"]["layout"])
 
+    def variable_attrs(self, name: str) -> dict[str, Any]:
+        """Attributes of the data variable ``name``, as stored now (not from the handle cache)."""
+        return dict(zarr.open_group(self.path, mode="r")[name].attrs)
+
+    def update_variable_attrs(self, name: str, attrs: Mapping[str, Any]) -> None:
+        """Merge ``attrs`` (JSON-able) into the attributes of the data variable ``name``."""
+        array = zarr.open_group(self.path, mode="r+")[name]
+        assert isinstance(array, zarr.Array), f"{name} is not an array"
+        array.update_attributes(dict(attrs))
+
     @property
     def variables(self) -> tuple[str, ...]:
         """Names of the data variables (not coordinates, not bookkeeping)."""
@@ -226,8 +236,9 @@ class Screen:
 
     def _array(self, name: str, mode: str = "r") -> zarr.Array:
         # Opening a group re-reads its metadata (~5 ms); a handle keeps the arrays it
-        # opened. Array metadata never changes after creation, so the cache stays valid
-        # for the life of the store (Screen.create(overwrite=True) gives a new handle).
+        # opened. Shapes, chunks and dtypes never change after creation, so the cache stays
+        # valid for the life of the store (Screen.create(overwrite=True) gives a new handle);
+        # attributes may change: variable_attrs reads them fresh.
         access: Literal["r", "r+"] = "r" if mode == "r" else "r+"
         key = (name, access)
         if key not in self._arrays:

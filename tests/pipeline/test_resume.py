@@ -256,3 +256,32 @@ def test_screen_report_lists_every_run_on_the_store(tmp_path):
     assert page == Path(spec.input.store) / "report.html"
     html = page.read_text()
     assert "Runs of this screen" in html and all(run_id in html for run_id in ids)
+
+
+def test_a_stage_never_takes_over_another_stages_variable_silently(tmp_path):
+    """autolabel wrote labels_cells; a later spec's `cells` stage (same default output) stops before running."""
+    first = parse_spec({
+        "name": "autolabel",
+        "input": {"store": str(tmp_path / "p.zarr"),
+                  "synthetic": {"wells": ["A01"], "sites": 2, "shape_yx": [96, 128], "n_z": 1, "seed": 3,
+                                "channels": ["DNA", "Cyto"]}},
+        "stages": {"autolabel": {"nuclear_channel": "DNA", "cytoplasm_channel": "Cyto", "diameter_um": 16}},
+        "output": {"tables": str(tmp_path / "t1")}, "cluster": {"kind": "threads"},
+    })
+    screen = run_spec(first, progress=False).screen
+    before = [screen.read("labels_cells", **k._asdict()) for k in screen.fields()]
+    second = parse_spec({
+        "name": "cells", "input": {"store": str(tmp_path / "p.zarr")},
+        "stages": {"cells": {"channel": "Cyto", "territory_px": 3}},
+        "output": {"tables": str(tmp_path / "t2")}, "cluster": {"kind": "threads"},
+    })
+    with pytest.raises(StoreExistsError, match=r"'labels_cells' .* written by the 'autolabel' stage; the 'cells' stage"):
+        run_spec(second, progress=False)
+    for key, labels in zip(screen.fields(), before):  # untouched
+        np.testing.assert_array_equal(screen.read("labels_cells", **key._asdict()), labels)
+    assert json.loads((tmp_path / "t2" / "run.json").read_text())["status"] == "failed"
+    replaced = run_spec(second, progress=False, overwrite=True)  # asked for: the cells stage owns it now
+    assert replaced.status == "ok"
+    assert screen.variable_attrs("labels_cells")["cellflow_stage"] == "cells"
+    assert any(not np.array_equal(screen.read("labels_cells", **k._asdict()), b)
+               for k, b in zip(screen.fields(), before))
