@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import dask
+from dask.base import tokenize
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from cellflow.errors import RegionError, StoreExistsError
 from cellflow.metrics import field_extents, select_fields
@@ -33,6 +34,7 @@ __all__ = [
     "TaskResult",
     "VariableSpec",
     "available_variables",
+    "field_tasks",
     "guarded",
     "merge_results",
     "per_field_graph",
@@ -213,9 +215,34 @@ def per_field_graph(
     ``extent`` is the field's valid (height, width) for padded stores, else None.
     """
     extents = field_extents(screen)
-    delayed = dask.delayed(task, pure=True)
-    by_field = {
-        key: delayed(screen, key, params, extents.get(key), *upstream_of(after, key))
-        for key in select_fields(screen, fields)
-    }
+    token = tokenize(str(screen.path), params, getattr(task, "__qualname__", repr(task)))
+    calls = {key: (screen, key, params, extents.get(key)) for key in select_fields(screen, fields)}
+    by_field = field_tasks(name, token, task, calls, after)
     return StageGraph(name=name, outputs=outputs, tasks=tuple(by_field.values()), by_field=by_field)
+
+
+def field_tasks(stage: str, token: str, task: Callable[..., Any], calls: Mapping[FieldKey, tuple[Any, ...]],
+                after: StageGraph | None) -> dict[FieldKey, Delayed]:
+    """One task per field, ``task(*calls[key], *upstream)``, all in one graph layer.
+
+    Equivalent to ``dask.delayed(task)(*args, *upstream_of(after, key))`` per field, but
+    built as a single layer named ``{stage}-{token}`` that every returned ``Delayed``
+    shares: no per-call traversal of the arguments and no per-call copy of the upstream
+    graph, so building costs microseconds per field instead of milliseconds (10^5-10^6
+    fields per run). The arguments travel inside a :func:`functools.partial`, so dask
+    never mistakes one of them for a task or a key. Task keys are
+    ``{stage}-{token}-{plate}-{well}-{site}-{t}``; ``token`` must identify everything
+    the tasks compute from (store, params, model).
+    """
+    layer_name = f"{stage}-{token}"
+    layer: dict[Any, Any] = {}  # dask's Key: str here
+    upstream: dict[Any, Any] = {}  # key -> Delayed
+    keys: dict[FieldKey, str] = {}
+    for key, args in calls.items():
+        name = f"{layer_name}-{key.plate}-{key.well}-{key.site}-{key.t:g}"
+        before = upstream_of(after, key)
+        upstream.update((d.key, d) for d in before)
+        layer[name] = (functools.partial(task, *args), *(d.key for d in before))
+        keys[key] = name
+    graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=list(upstream.values()))
+    return {key: Delayed(name, graph, layer=layer_name) for key, name in keys.items()}

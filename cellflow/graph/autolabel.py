@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from dask import delayed
 from dask.base import tokenize
 
 from cellflow._config import check_keys
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, upstream_of
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, field_tasks, guarded
 from cellflow.graph.illumination import IlluminationParams, resolve_offset
 from cellflow.metrics import field_extents, select_fields
 from cellflow.ops.autolabel import (
@@ -260,12 +259,11 @@ def build_autolabel(screen: Screen, params: AutolabelParams, *, after: StageGrap
         outputs.append(VariableSpec("labels_cells", DIMS_LABELS, "uint32",
                                     attrs={"description": "cells, cell k contains nucleus k of labels_nuclei"}))
     token = tokenize(str(screen.path), params.to_dict(), diameter, offset, corrected and sorted(corrected))
-    by_field: dict[FieldKey, Any] = {}
+    calls: dict[FieldKey, tuple[Any, ...]] = {}
     for key in keys:
         chosen = tuple(c for c in _channels(params) if corrected is None or (key.plate, c) in corrected)
-        plan = _FieldPlan(key, diameter, offset, extents.get(key), chosen)
-        name = f"{_STAGE}-{token}-{key.plate}-{key.well}-{key.site}-{key.t:g}"
-        by_field[key] = delayed(_label_field)(screen, params, plan, *upstream_of(after, key), dask_key_name=name)
+        calls[key] = (screen, params, _FieldPlan(key, diameter, offset, extents.get(key), chosen))
+    by_field = field_tasks(_STAGE, token, _label_field, calls, after)
     return StageGraph(_STAGE, tuple(outputs), tuple(by_field.values()), by_field)
 
 

@@ -36,10 +36,11 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 from dask import delayed
+from dask.base import tokenize
 from dask.delayed import Delayed
 
 from cellflow._config import check_keys
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, merge_results, upstream_of
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, field_tasks, guarded, merge_results
 from cellflow.ops.illumination import (
     ILLUMINATION_METHODS,
     BackgroundSums,
@@ -230,12 +231,12 @@ def build_illumination(screen: Screen, params: IlluminationParams, *, after: Sta
     )
     tasks: list[Delayed] = []
     by_field: dict[FieldKey, Delayed] = {}
+    token = tokenize(str(screen.path), params, channels, offset)
+    sums = field_tasks(f"{_STAGE}-sums", token, _field_sums,
+                       {key: (screen, key, channels, params, offset) for key in keys}, after)
     for plate, group in itertools.groupby(sorted(keys), key=lambda k: k.plate):
         plate_keys = list(group)
-        parts = [
-            delayed(_field_sums)(screen, key, channels, params, offset, *upstream_of(after, key))
-            for key in plate_keys
-        ]
+        parts = [sums[key] for key in plate_keys]
         total = _tree_sum(parts, params.split_every)
         writes = [
             delayed(_estimate_and_write)(screen, total, plate, (c, iz), z, params)

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dask import delayed
 from dask.base import tokenize
 
 from cellflow._config import check_keys
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, guarded, upstream_of
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, field_tasks, guarded
 from cellflow.metrics import field_extents, select_fields
 from cellflow.nn.checkpoint import Checkpoint, load_checkpoint, store_channel
 from cellflow.nn.normalize import normalize
@@ -251,11 +250,7 @@ def plan_tasks(stage: str, task: Callable[..., TaskResult], screen: Screen, para
     """One ``task(screen, params, plan, *upstream)`` per field plan, named by the stage, the
     store, the params and the checkpoint's hash, each after its field's upstream task."""
     token = tokenize(str(screen.path), params.to_dict(), checkpoint.sha256)
-    by_field: dict[FieldKey, Any] = {}
-    for plan in plans:
-        key = plan.key
-        name = f"{stage}-{token}-{key.plate}-{key.well}-{key.site}-{key.t:g}"
-        by_field[key] = delayed(task)(screen, params, plan, *upstream_of(after, key), dask_key_name=name)
+    by_field = field_tasks(stage, token, task, {plan.key: (screen, params, plan) for plan in plans}, after)
     return StageGraph(stage, outputs, tuple(by_field.values()), by_field)
 
 

@@ -23,7 +23,9 @@ import hashlib
 import itertools
 import json
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +93,31 @@ def _is_cellflow_store(path: Path) -> bool:
     return "cellflow" in attrs
 
 
+#: Handles unpickled in this process, by (path, screen id): see :meth:`Screen.__reduce__`.
+_HANDLES: OrderedDict[tuple[str, str], Screen] = OrderedDict()
+_HANDLES_MAX = 16
+_HANDLES_LOCK = threading.Lock()
+
+
+def _shared_handle(path: str, screen_id: str | None) -> Screen:
+    """This process's handle on the store at ``path`` created as ``screen_id`` (made on first use)."""
+    if screen_id is None:  # the sender never learnt the id: nothing safe to share
+        return Screen(path)
+    key = (path, screen_id)
+    with _HANDLES_LOCK:
+        handle = _HANDLES.get(key)
+        if handle is None:
+            handle = _HANDLES[key] = Screen(path)
+            handle._screen_id = screen_id
+            while len(_HANDLES) > _HANDLES_MAX:
+                _HANDLES.popitem(last=False)
+        else:
+            _HANDLES.move_to_end(key)
+        return handle
+
+
 class Screen:
-    """Handle on a screen store. Cheap to pickle: it carries only the path.
+    """Handle on a screen store. Cheap to pickle: it carries only the path and the store's id.
 
     Create one with :meth:`create` or :meth:`open`; read lazily with
     :meth:`dataset`; write chunk-aligned regions with :meth:`write`.
@@ -102,12 +127,18 @@ class Screen:
         self.path = Path(path)
         self._coords: dict[str, np.ndarray] | None = None
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._screen_id: str | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Every dask task carries the screen; unpickled naively, each task on a worker would
+        # get a fresh handle and re-open the group, its coordinates and every array it touches
+        # (~5 ms each; measured: 60-70 ms per task instead of ~16 ms in one process). So a
+        # worker process keeps one handle per store, keyed by path *and* the random id fixed
+        # when the store was created: a store re-created at the same path is a new key.
+        # The id is read once per sending handle (only from a store that exists).
+        if self._screen_id is None and (self.path / "zarr.json").is_file():
+            self._screen_id = self.screen_id
+        return (_shared_handle, (str(self.path), self._screen_id))
 
     def __repr__(self) -> str:
         return f"Screen({str(self.path)!r})"
@@ -195,8 +226,10 @@ class Screen:
 
     @property
     def screen_id(self) -> str:
-        """Random identifier fixed when the store was created."""
-        return str(self.attrs["cellflow"]["screen_id"])
+        """Random identifier fixed when the store was created (read once per handle)."""
+        if self._screen_id is None:
+            self._screen_id = str(self.attrs["cellflow"]["screen_id"])
+        return self._screen_id
 
     @property
     def layout(self) -> ScreenLayout:
@@ -347,8 +380,17 @@ class Screen:
         self._coords = None
 
     # ------------------------------------------------------------------ writing
+    def _coord_values(self, dim: str) -> np.ndarray | None:
+        """Coordinate values of ``dim`` (None if it has none), re-read once if not in this handle's copy."""
+        values = self.coords().get(dim)
+        if values is None:  # another handle (the client) may have added this dim since we read them
+            self._coords = None
+            values = self.coords().get(dim)
+        return values
+
     def _position(self, dim: str, label: Any) -> int:
-        values = self.coords()[dim]
+        values = self._coord_values(dim)
+        assert values is not None, dim  # the caller checked
         if dim in _LABEL_DIMS:
             hits = np.flatnonzero(values == str(label))
         elif dim in _NUMERIC_DIMS:
@@ -382,7 +424,7 @@ class Screen:
                     selection.append(slice(start, stop))
                     kept.append(dim)
                     continue
-                pos = self._position(dim, value) if dim in self.coords() else int(value)
+                pos = self._position(dim, value) if self._coord_values(dim) is not None else int(value)
                 if chunk != 1:
                     raise RegionError(f"variable {name!r}: {dim} is chunked by {chunk}; write whole chunks")
                 selection.append(pos)

@@ -199,10 +199,40 @@ def test_open_validates(screen):
     assert "labels_nuclei" in Screen.open(screen.path, validate=False).variables
 
 
-def test_handle_pickles_as_path(screen):
+def test_handle_pickles_as_path_and_store_id(screen):
     screen.coords()  # fill the cache; it must not travel
+    payload = pickle.dumps(screen)
+    assert len(payload) < 400  # path + id: every dask task carries one
+    clone = pickle.loads(payload)
+    assert clone is not screen and clone.path == screen.path and clone._coords is None
+    assert clone.screen_id == screen.screen_id
+
+
+def test_a_process_keeps_one_handle_per_store_and_never_reuses_it_for_a_new_store(tmp_path, screen):
+    # workers unpickle the screen once per task: they must share one handle (its open arrays)
     clone = pickle.loads(pickle.dumps(screen))
-    assert clone.path == screen.path and clone._coords is None
+    assert pickle.loads(pickle.dumps(screen)) is clone
+    assert pickle.loads(pickle.dumps(Screen.open(screen.path))) is clone
+    other = Screen.create(tmp_path / "other.zarr", LAYOUT)
+    assert pickle.loads(pickle.dumps(other)) is not clone
+    # a store re-created at the same path is another store (new id), never the old handle's arrays
+    clone.read("images", plate="P1", well="A01", site=0, t=0.0, c="DNA")
+    recreated = Screen.create(screen.path, LAYOUT, overwrite=True)
+    fresh = pickle.loads(pickle.dumps(recreated))
+    assert fresh is not clone and fresh.screen_id == recreated.screen_id != clone.screen_id
+
+
+def test_a_long_lived_handle_sees_dims_added_after_it_read_the_coordinates(screen):
+    clone = pickle.loads(pickle.dumps(screen))
+    assert "class" not in clone.coords()
+    dims = ("plate", "well", "site", "t", "class", "y", "x")
+    screen.add_variable("probabilities", dims=dims, dtype="float32", coords={"class": ["bg", "in", "edge"]},
+                        chunks={"class": 1})
+    data = np.random.default_rng(3).random((70, 90), dtype=np.float32)
+    clone.write("probabilities", data, plate="P2", well="B02", site=1, t=15.0, **{"class": "edge"})
+    got = screen.dataset().probabilities.sel(plate="P2", well="B02", site=1, t=15.0)
+    np.testing.assert_array_equal(got.sel({"class": "edge"}).values, data)
+    assert not got.sel({"class": ["bg", "in"]}).values.any()
 
 
 def test_open_and_reduce_is_lazy(screen, no_compute):

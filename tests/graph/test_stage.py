@@ -1,0 +1,61 @@
+"""field_tasks: one graph layer per stage, the same results as one dask.delayed call per field."""
+
+from __future__ import annotations
+
+import dask
+
+from cellflow.graph._stage import StageGraph, field_tasks
+from cellflow.screen.store import FieldKey
+
+
+def _keys(n):
+    return [FieldKey("P1", f"A{i:02d}", i % 3, 0.0) for i in range(n)]
+
+
+def _up(key, scale):
+    return (key.well, key.site * scale)
+
+
+def _down(tag, odd, up):
+    return (tag, odd, up)
+
+
+def _stages(n, odd):
+    keys = _keys(n)
+    up = field_tasks("up", "tok", _up, {k: (k, 10) for k in keys}, None)
+    first = StageGraph("up", (), tuple(up.values()), up)
+    down = field_tasks("down", "tok", _down, {k: (k.well, odd) for k in keys}, first)
+    return keys, up, down
+
+
+def test_field_tasks_compute_what_one_delayed_call_per_field_computes():
+    # arguments that dask would otherwise read as a task (a tuple headed by a callable) or as a
+    # key of this very graph (a string equal to an upstream key) must reach the task verbatim
+    keys, up, _ = _stages(5, None)
+    odd = (len, "abc", [1, 2])
+    key_like = up[keys[0]].key
+    _, up, down = _stages(5, (odd, key_like))
+    got = dask.compute(*down.values(), scheduler="threads")
+    expected = [
+        dask.delayed(_down)(k.well, (odd, key_like), dask.delayed(_up)(k, 10)).compute(scheduler="sync")
+        for k in keys
+    ]
+    assert list(got) == expected == [(k.well, (odd, key_like), (k.well, k.site * 10)) for k in keys]
+
+
+def test_a_stage_is_one_layer_whatever_the_number_of_fields():
+    for n in (3, 300):
+        _, _, down = _stages(n, 0)
+        graph = next(iter(down.values())).__dask_graph__()
+        assert len(graph.layers) == 2  # up and down, not one layer per field
+        assert all(d.__dask_graph__() is graph for d in down.values())  # shared, never copied per field
+        assert len(graph) == 2 * n
+        assert graph.dependencies["down-tok"] == {"up-tok"}
+
+
+def test_a_task_waits_for_its_own_fields_upstream_only():
+    keys, up, down = _stages(4, 0)
+    graph = dict(next(iter(down.values())).__dask_graph__())
+    for key in keys:
+        deps = {d for d in dask.core.get_dependencies(graph, down[key].key)}
+        assert deps == {up[key].key}
