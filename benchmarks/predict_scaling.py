@@ -3,7 +3,8 @@
 A synthetic screen of ``--fields`` fields of 520 x 696 pixels (the BBBC039 size; one DNA
 channel, one z plane) is segmented by the ``segment`` stage (:mod:`cellflow.graph.segment`:
 prediction and markers + watershed in one task per field; ``--stages predict+labels`` runs
-the two stages instead) on a ``LocalCluster`` of worker *processes* with one thread each,
+the two stages instead) on cellflow's local cluster (``cluster: {kind: local}``: worker
+*processes* with one thread each and cellflow's worker environment),
 first with 1 worker, then with 2. Torch runs 1 intra-op thread per worker
 (``PredictParams.threads = 1``; each worker reports its setting), so 2 workers use 2 cores.
 
@@ -81,10 +82,15 @@ def build(screen: Screen, stages: str, predict: dict[str, Any], fields: Any = No
 
 def run_workers(screen: Screen, stages: str, predict: dict[str, Any], workers: int, repeats: int) -> dict[str, Any]:
     """Fields/s on a LocalCluster of ``workers`` single-threaded processes."""
-    from distributed import Client, LocalCluster, wait
+    from distributed import wait
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                      host="127.0.0.1") as cluster, Client(cluster) as client:
+    from cellflow.cluster import cluster_client
+    from cellflow.pipeline.spec import ClusterSpec
+
+    # the cluster `cellflow run` starts for `cluster: {kind: local}` (worker environment included)
+    spec = ClusterSpec(kind="local", n_workers=workers, threads_per_worker=1, dashboard_address="127.0.0.1:0")
+    with cluster_client(spec) as client:
+        assert client is not None
         fields = screen.fields()
         # imports and one model load per worker, outside the timing; other params give other task
         # keys, so that no timed task finds its result already in memory

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
     from cellflow.pipeline.spec import ClusterSpec
 
-__all__ = ["LOCAL_SCHEDULERS", "cluster_client", "scheduler_context", "with_overrides"]
+__all__ = [
+    "LOCAL_SCHEDULERS", "WORKER_MALLOC_ENV", "cluster_client", "scheduler_context", "with_overrides", "worker_environ",
+]
 
 #: Scheduler names dask understands without a cluster.
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
@@ -108,6 +110,26 @@ def _optional(module: str, kind: str, extra: str) -> Any:
             f"cluster kind {kind!r} needs {module.split('.')[0]}, which is not installed: "
             f"pip install 'cellflow[{extra}]'"
         ) from error
+
+
+#: glibc malloc settings for worker processes. dask's nanny starts workers with
+#: ``MALLOC_TRIM_THRESHOLD_=65536`` (hand freed memory back to the OS at once), which also
+#: pins glibc's mmap threshold at 128 KiB: every image-sized array is then a fresh mmap
+#: whose pages the kernel must fault in and zero, and is unmapped again when freed.
+#: cellflow's tasks allocate and free many MB-sized arrays per field (tiles, probabilities,
+#: distance maps), so keep blocks up to 128 MiB in the heap and return free heap above
+#: 256 MiB: measured on the segment stage (resunet + watershed, 520 x 696 fields, one
+#: process): 2.1x less wall time, 11x fewer page faults. Values in the environment of the
+#: process that starts the cluster win (dask reads them first).
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 128 * 2**20, "MALLOC_TRIM_THRESHOLD_": 256 * 2**20}
+
+
+def worker_environ() -> dict[str, Any]:
+    """dask's ``distributed.nanny.pre-spawn-environ`` with :data:`WORKER_MALLOC_ENV` over dask's own default."""
+    current = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    if str(current.get("MALLOC_TRIM_THRESHOLD_", 65536)) != "65536":  # someone chose another value: keep it
+        return current
+    return {**current, **WORKER_MALLOC_ENV}
 
 
 def _dashboard(spec: ClusterSpec) -> str:
@@ -197,5 +219,6 @@ def cluster_client(spec: ClusterSpec, *, address: str | None = None) -> Iterator
         elif spec.kind == "kubernetes":
             target = _kubernetes(spec, stack)
         else:
+            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}))
             target = stack.enter_context(_local(spec) if spec.kind == "local" else _local_cuda(spec))
         yield stack.enter_context(Client(target))

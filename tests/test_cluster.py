@@ -226,3 +226,32 @@ def test_dashboard_address_from_the_environment_only_where_the_spec_leaves_the_d
             pass
         assert FakeCUDACluster.calls[0][1]["dashboard_address"] == expected
     assert ClusterSpec().dashboard_address == "127.0.0.1:8787"  # the documented default is unchanged
+
+
+def _malloc_environ():
+    import os
+
+    return {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_local_workers_start_with_cellflows_malloc_settings(monkeypatch):
+    # glibc reads these when a process starts: they must be in the nanny's pre-spawn environment
+    # (set before the worker process exists), not set inside the worker afterwards
+    from cellflow.cluster import WORKER_MALLOC_ENV
+
+    for name in WORKER_MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    spec = ClusterSpec(kind="local", n_workers=1, dashboard_address="127.0.0.1:0")
+    with cluster_client(spec) as client:
+        (seen,) = client.run(_malloc_environ).values()
+    assert seen == {k: str(v) for k, v in WORKER_MALLOC_ENV.items()}
+    assert str(dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"]) == "65536"  # restored
+
+
+def test_a_malloc_setting_someone_chose_is_kept():
+    from cellflow.cluster import WORKER_MALLOC_ENV, worker_environ
+
+    assert worker_environ()["MALLOC_MMAP_THRESHOLD_"] == WORKER_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 20}):
+        chosen = worker_environ()
+    assert chosen["MALLOC_TRIM_THRESHOLD_"] == 1 << 20 and "MALLOC_MMAP_THRESHOLD_" not in chosen

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from cellflow.cluster import WORKER_MALLOC_ENV
 from cellflow.errors import SpecError
 from cellflow.pipeline.spec import ClusterSpec, KubernetesSpec, PipelineSpec
 
@@ -137,9 +138,11 @@ def _worker(cluster: ClusterSpec, name: str, *, gpu: bool) -> dict[str, Any]:
         _resources(k8s.gpu_worker_cpu, k8s.gpu_worker_memory, k8s.gpus_per_worker) if gpu
         else _resources(k8s.worker_cpu, k8s.worker_memory)
     )
+    # glibc reads these when the nanny and its worker process start (cellflow.cluster.WORKER_MALLOC_ENV)
+    malloc = [{"name": key, "value": str(value)} for key, value in WORKER_MALLOC_ENV.items()]
     container = {
         "name": "worker", "image": k8s.gpu_image if gpu else k8s.image, "args": args,
-        "env": _env(cluster, name), "resources": resources,
+        "env": [*_env(cluster, name), *malloc], "resources": resources,
         "ports": [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
     }
     extra: dict[str, Any] = {}

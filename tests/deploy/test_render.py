@@ -302,3 +302,15 @@ def test_submit_adds_the_gpu_group_owned_by_the_jobs_cluster(tmp_path):
     assert creates == ["daskjobs", "daskworkergroups"]
     with pytest.raises(DeployError, match=r"timed out after 0 s waiting for DaskCluster"):
         submit(folder, api=FakeApi(cluster_after_gets=10**6), poll_s=0, timeout_s=0)
+
+
+@pytest.mark.parametrize("gpu_workers", [0, 1])
+def test_worker_pods_start_with_cellflows_malloc_settings(rendered, gpu_workers):
+    from cellflow.cluster import WORKER_MALLOC_ENV
+
+    objects = rendered if gpu_workers == 0 else render_manifests(_gpu_spec(gpu_workers), SPEC.read_text())
+    workers = [c for _, pod in _pods(objects) for c in pod["containers"] if c["name"] == "worker"]
+    assert len(workers) == 1 + gpu_workers
+    for container in workers:
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert {k: env.get(k) for k in WORKER_MALLOC_ENV} == {k: str(v) for k, v in WORKER_MALLOC_ENV.items()}
