@@ -23,10 +23,12 @@ from typing import Any
 import dask
 import numpy as np
 import tifffile
+from dask.base import tokenize
 from rich.console import Console
 
 from cellflow.errors import IngestError, StoreExistsError
 from cellflow.graph import StageGraph
+from cellflow.graph._stage import field_tasks
 from cellflow.pipeline.runner import build_graphs, cluster_client, execute_graphs, record_chunks
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen.store import FieldKey, Screen
@@ -233,9 +235,9 @@ def _export_tiffs(
     names = {k: str(v) for k, v in zip(every, ds.source_name.values.ravel())}
     sizes = {k: (int(y), int(x)) for k, y, x in zip(every, ds.extent_y.values.ravel(), ds.extent_x.values.ravel())}
     files = tuple(export.path(out_dir, names[key]) for key in screen.fields())
-    tasks = [
-        dask.delayed(_write_tiff)(screen, export.variable, key, sizes[key], path)
-        for key, path in zip(screen.fields(), files)
-    ]
-    found = dask.compute(*tasks, scheduler="threads" if client is None else client)
+    token = tokenize(str(screen.path), export.variable, str(out_dir))
+    tasks = field_tasks("export", token, _write_tiff, {
+        key: (screen, export.variable, key, sizes[key], path) for key, path in zip(screen.fields(), files)
+    }, None)
+    found = dask.compute(*tasks.values(), scheduler="threads" if client is None else client)
     return files, {names[key]: int(n) for key, n in zip(screen.fields(), found)}
