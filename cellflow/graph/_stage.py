@@ -16,6 +16,7 @@ so a stage whose upstream is already complete can run on its own (resume).
 from __future__ import annotations
 
 import functools
+import hashlib
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -231,16 +232,21 @@ def field_tasks(stage: str, token: str, task: Callable[..., Any], calls: Mapping
     graph, so building costs microseconds per field instead of milliseconds (10^5-10^6
     fields per run). The arguments travel inside a :func:`functools.partial`, so dask
     never mistakes one of them for a task or a key. Task keys are
-    ``{stage}-{token}-{plate}-{well}-{site}-{t}``; ``token`` must identify everything
-    the tasks compute from (store, params, model).
+    ``{stage}-{token}-{build}-{plate}-{well}-{site}-{t}``: ``token`` must identify everything
+    the tasks compute from (store, params, model); ``build`` is a hash of the fields and of
+    their upstream keys.
     """
-    layer_name = f"{stage}-{token}"
+    befores = {key: upstream_of(after, key) for key in calls}
+    # The same stage built over other fields or after another upstream graph (a resumed run's
+    # subset) is another layer with other keys: two versions can never shadow each other.
+    build = hashlib.sha1(repr([(key, [d.key for d in b]) for key, b in befores.items()]).encode()).hexdigest()[:16]
+    layer_name = f"{stage}-{token}-{build}"
     layer: dict[Any, Any] = {}  # dask's Key: str here
     upstream: dict[Any, Any] = {}  # key -> Delayed
     keys: dict[FieldKey, str] = {}
     for key, args in calls.items():
         name = f"{layer_name}-{key.plate}-{key.well}-{key.site}-{key.t:g}"
-        before = upstream_of(after, key)
+        before = befores[key]
         upstream.update((d.key, d) for d in before)
         layer[name] = (functools.partial(task, *args), *(d.key for d in before))
         keys[key] = name

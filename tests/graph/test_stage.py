@@ -50,7 +50,20 @@ def test_a_stage_is_one_layer_whatever_the_number_of_fields():
         assert len(graph.layers) == 2  # up and down, not one layer per field
         assert all(d.__dask_graph__() is graph for d in down.values())  # shared, never copied per field
         assert len(graph) == 2 * n
-        assert graph.dependencies["down-tok"] == {"up-tok"}
+        (down_layer,) = [name for name in graph.layers if name.startswith("down-tok-")]
+        (up_layer,) = [name for name in graph.layers if name.startswith("up-tok-")]
+        assert graph.dependencies[down_layer] == {up_layer}
+
+
+def test_a_stage_built_again_over_fewer_fields_never_shadows_the_first_build():
+    # a resumed run builds a stage over every field (to plan) and again over the fields still to do
+    keys, up, down = _stages(6, 0)
+    first = StageGraph("up", (), tuple(up.values()), up)
+    subset = field_tasks("down", "tok", _down, {k: (k.well, 1) for k in keys[:3]}, first)
+    assert not {d.key for d in subset.values()} & {d.key for d in down.values()}
+    both = dask.compute(*down.values(), *subset.values(), scheduler="threads")
+    assert list(both) == ([(k.well, 0, (k.well, k.site * 10)) for k in keys]
+                          + [(k.well, 1, (k.well, k.site * 10)) for k in keys[:3]])
 
 
 def test_a_task_waits_for_its_own_fields_upstream_only():
