@@ -260,12 +260,12 @@ class Screen:
 
     def coords(self) -> dict[str, np.ndarray]:
         """Coordinate values by dimension (read once per handle)."""
-        if self._coords is None:
+        coords = self._coords  # one read: another thread may reset the attribute (_coord_values)
+        if coords is None:
             group = zarr.open_group(self.path, mode="r")
-            self._coords = {
-                n: _plain(np.asarray(a[...])) for n, a in group.arrays() if n in self._extra_coord_names(group)
-            }
-        return self._coords
+            coords = {n: _plain(np.asarray(a[...])) for n, a in group.arrays() if n in self._extra_coord_names(group)}
+            self._coords = coords
+        return coords
 
     def _array(self, name: str, mode: str = "r") -> zarr.Array:
         # Opening a group re-reads its metadata (~5 ms); a handle keeps the arrays it
@@ -390,7 +390,8 @@ class Screen:
 
     def _position(self, dim: str, label: Any) -> int:
         values = self._coord_values(dim)
-        assert values is not None, dim  # the caller checked
+        if values is None:
+            raise RegionError(f"{self.path} has no coordinate values for dim {dim!r}")
         if dim in _LABEL_DIMS:
             hits = np.flatnonzero(values == str(label))
         elif dim in _NUMERIC_DIMS:
