@@ -227,7 +227,7 @@ def field_tasks(stage: str, token: str, task: Callable[..., Any], calls: Mapping
     """One task per field, ``task(*calls[key], *upstream)``, all in one graph layer.
 
     Equivalent to ``dask.delayed(task)(*args, *upstream_of(after, key))`` per field, but
-    built as a single layer named ``{stage}-{token}`` that every returned ``Delayed``
+    built as a single layer, ``{stage}-{token}-{build}``, that every returned ``Delayed``
     shares: no per-call traversal of the arguments and no per-call copy of the upstream
     graph, so building costs microseconds per field instead of milliseconds (10^5-10^6
     fields per run). The arguments travel inside a :func:`functools.partial`, so dask

@@ -136,9 +136,10 @@ class Screen:
         # worker process keeps one handle per store, keyed by path *and* the random id fixed
         # when the store was created: a store re-created at the same path is a new key.
         # The id is read once per sending handle (only from a store that exists).
-        if self._screen_id is None and (self.path / "zarr.json").is_file():
-            self._screen_id = self.screen_id
-        return (_shared_handle, (str(self.path), self._screen_id))
+        screen_id = self._screen_id
+        if screen_id is None and (self.path / "zarr.json").is_file():
+            screen_id = self.screen_id  # cached on this handle from now on
+        return (_shared_handle, (str(self.path), screen_id))
 
     def __repr__(self) -> str:
         return f"Screen({str(self.path)!r})"
