@@ -3,10 +3,13 @@
 :func:`plan_graphs` builds each stage over every field once (lazy; it only discovers
 the stage's units and their tokens, :mod:`cellflow.pipeline.resume`), then again over
 the fields whose units are not done, chained to the previous stage's graph of the
-same kind. :func:`execute_plans` computes those units in one dask graph and, as each
-finishes, on the client (the store's single writer): marks the chunks it wrote in the
-variable ledgers, then appends its ``done`` line to the stage's task log, or its
-``failed`` line and quarantines its fields. A unit's failure never stops the others.
+same kind. :func:`execute_plans` computes those units in one dask graph and, as they
+finish, on the client (the store's single writer): marks the chunks they wrote in the
+variable ledgers, then appends their ``done`` lines to the stages' task logs, or a
+``failed`` line and quarantines the unit's fields. A unit's failure never stops the others.
+Units that finished while the previous ones were being recorded are recorded together
+(one ledger write per variable, one fsync per stage), so the client keeps up with many
+workers; a kill loses at most the group being written, whose units are redone.
 """
 
 from __future__ import annotations
@@ -157,32 +160,55 @@ class _Recorder:
             handle.write(f"{stage} {unit.id}\n")
 
     def record(self, stage: str, unit: Unit, result: Any) -> None:
-        if not isinstance(result, TaskResult):
-            result = TaskResult(stage=stage, error=str(result) if isinstance(result, BaseException) else
-                                f"task returned {type(result).__name__}, not a TaskResult")
-        counts = self.execution.counts[stage]
-        if result.error is None:
-            by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
-            for record in result.records:
-                by_variable[record.variable].append(record)
-            for name, records in by_variable.items():
-                if name not in self.ledgers:
-                    self.ledgers[name] = self.screen.ledger(name)
-                self.ledgers[name].mark(records)  # the writes returned before the task did
-                self.execution.chunks_written[name] = self.execution.chunks_written.get(name, 0) + len(records)
+        """Record one finished unit (see :meth:`record_many`)."""
+        self.record_many([(stage, unit, result)])
+
+    def record_many(self, finished: Sequence[tuple[str, Unit, Any]]) -> None:
+        """Record units that finished together: one ledger write per variable, one fsync'ed append per stage.
+
+        Group commit: the cost of a record is mostly per write (a ledger chunk's read-modify-write,
+        an fsync), so units that finished while the previous group was being written go in one.
+        The order per unit is kept: its chunks are in the ledgers before its ``done`` line is in
+        the task log, so a kill anywhere leaves no ``done`` unit with unrecorded chunks.
+        """
+        results = [(stage, unit, _as_result(stage, result)) for stage, unit, result in finished]
+        by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
+        for _, _, result in results:
+            if result.error is None:
+                for record in result.records:
+                    by_variable[record.variable].append(record)
+        for name, records in by_variable.items():
+            if name not in self.ledgers:
+                self.ledgers[name] = self.screen.ledger(name)
+            self.ledgers[name].mark(records)  # the writes returned before the tasks did
+            self.execution.chunks_written[name] = self.execution.chunks_written.get(name, 0) + len(records)
+        entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for stage, unit, result in results:
             if unit.token:
-                self.logs[stage].append([done_entry(unit, result)])
-            counts["done"] += 1
-        else:
-            if unit.token:
-                self.logs[stage].append([failed_entry(unit, result.error)])
-            counts["quarantined"] += 1
-            self.execution.quarantined.extend(Quarantine(stage, field_id(f), result.error) for f in unit.fields)
-        self.execution.results.append(result)
-        self.execution.finished_s[stage] = time.perf_counter() - self.start
-        self.advance(stage)
-        if self.on_unit is not None:
-            self.on_unit(stage, unit, result)
+                entries[stage].append(done_entry(unit, result) if result.error is None
+                                      else failed_entry(unit, result.error))
+        for stage, lines in entries.items():
+            self.logs[stage].append(lines)
+        for stage, unit, result in results:
+            counts = self.execution.counts[stage]
+            if result.error is None:
+                counts["done"] += 1
+            else:
+                counts["quarantined"] += 1
+                self.execution.quarantined.extend(Quarantine(stage, field_id(f), result.error) for f in unit.fields)
+            self.execution.results.append(result)
+            self.execution.finished_s[stage] = time.perf_counter() - self.start
+            self.advance(stage)
+            if self.on_unit is not None:
+                self.on_unit(stage, unit, result)
+
+
+def _as_result(stage: str, result: Any) -> TaskResult:
+    """A unit's return value as a TaskResult (an exception or a stray value becomes its error)."""
+    if isinstance(result, TaskResult):
+        return result
+    return TaskResult(stage=stage, error=str(result) if isinstance(result, BaseException) else
+                      f"task returned {type(result).__name__}, not a TaskResult")
 
 
 def execute_plans(
@@ -223,11 +249,15 @@ def execute_plans(
 
         futures = client.compute([task for _, _, task in pending], retries=retries)
         owner = {f.key: (stage, unit) for f, (stage, unit, _) in zip(futures, pending)}
-        for future in as_completed(futures):
-            stage, unit = owner[future.key]
-            if future.status == "finished":
-                recorder.record(stage, unit, future.result())
-            else:  # the worker died more often than allowed, or an unguarded task raised
-                error = future.exception()
-                recorder.record(stage, unit, TaskResult(stage=stage, error=f"{type(error).__name__}: {error}"))
+        # Each batch is every unit that finished while the previous batch was being recorded (one
+        # at a time when the client keeps up); its results come back in one gather.
+        for batch in as_completed(futures).batches():
+            ok = [f for f in batch if f.status == "finished"]
+            finished = [(*owner[f.key], result) for f, result in zip(ok, client.gather(ok))]
+            for future in batch:
+                if future.status != "finished":  # the worker died more often than allowed, or an unguarded raise
+                    stage, unit = owner[future.key]
+                    error = future.exception()
+                    finished.append((stage, unit, TaskResult(stage=stage, error=f"{type(error).__name__}: {error}")))
+            recorder.record_many(finished)
         return recorder.execution

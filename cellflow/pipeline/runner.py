@@ -224,9 +224,10 @@ def execute_graphs(graphs: Sequence[StageGraph], client: Any, console: Console, 
         futures = client.compute(tasks)
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[TaskResult | None] = [None] * len(futures)
-        for future in as_completed(futures):
-            results[index[future.key]] = future.result()
-            advance(stage_of[future.key])
+        for batch in as_completed(futures, with_results=True).batches():  # results gathered in the background
+            for future, result in batch:
+                results[index[future.key]] = result
+                advance(stage_of[future.key])
         return [r for r in results if r is not None]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import shutil
 import threading
 import uuid
@@ -42,6 +43,7 @@ from cellflow.screen.schema import SCHEMA_VERSION, validate_dataset, variable_pr
 
 __all__ = ["ChunkLedger", "ChunkRecord", "FieldKey", "Screen", "chunk_digest", "open_screen"]
 
+_LEDGER_CHUNK_ENTRIES = 65_536  # uint64 digests per ledger chunk at most (512 KiB)
 _LEDGER_GROUP = "_cellflow/ledger"
 _LABEL_DIMS = ("plate", "well", "c")  # string-labelled dims
 _NUMERIC_DIMS = ("site", "t", "z")  # number-labelled dims
@@ -577,7 +579,12 @@ class ChunkLedger:
         if not create:
             return None
         grid = self.grid_shape
-        chunks = tuple(1 if i < 2 else n for i, n in enumerate(grid))
+        # One plate per chunk and as many of the next dim (wells) as fit in _LEDGER_CHUNK_ENTRIES:
+        # each mark is a read-modify-write per chunk touched, so a group of units finishing in
+        # different wells costs one write, not one per well; 512 KiB bounds a write's size.
+        per_row = math.prod(grid[2:])
+        rows = max(1, min(grid[1], _LEDGER_CHUNK_ENTRIES // max(per_row, 1))) if len(grid) > 1 else 1
+        chunks = tuple(1 if i == 0 else rows if i == 1 else n for i, n in enumerate(grid))
         return group.create_array(self._key, shape=grid, chunks=chunks, dtype="uint64", fill_value=0)
 
     def digests(self) -> np.ndarray:

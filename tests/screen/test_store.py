@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -153,6 +154,40 @@ def test_ledger_records_exactly_the_written_chunks(screen):
     assert again.completed().sum() == 53
     again.clear()
     assert not again.completed().any()
+
+
+def test_a_ledger_chunk_holds_a_plates_wells_up_to_a_bound(screen, monkeypatch):
+    """One read-modify-write per plate for units finishing in different wells, however they group."""
+    import cellflow.screen.store as store
+
+    records = screen.write("images", _field(6), plate="P2", well="B02", site=2, t=15.0)
+    records += screen.write("images", _field(7), plate="P2", well="A01", site=0, t=0)
+    ledger = screen.ledger("images")
+    ledger.mark(records)
+    stored = zarr.open_group(screen.path, mode="r")["_cellflow/ledger/images"]
+    assert stored.chunks == (1, 2, *ledger.grid_shape[2:])  # both wells of a plate in one chunk
+    expected = np.zeros(ledger.grid_shape, np.uint64)
+    for r in records:
+        expected[r.index] = r.digest
+    np.testing.assert_array_equal(ledger.digests(), expected)
+    # a grid too large for one chunk per plate is cut along wells, never below one well
+    monkeypatch.setattr(store, "_LEDGER_CHUNK_ENTRIES", 2 * math.prod(ledger.grid_shape[2:]) - 1)
+    other = Screen.create(screen.path.parent / "other.zarr", LAYOUT).ledger("images")
+    other.mark(records)
+    assert zarr.open_group(other.screen.path, mode="r")["_cellflow/ledger/images"].chunks[:2] == (1, 1)
+    np.testing.assert_array_equal(other.digests(), expected)
+
+
+def test_a_ledger_written_with_the_former_one_well_chunks_still_marks_and_reads(screen):
+    """Stores made before the plate-wide ledger chunks keep their own layout."""
+    grid = screen.ledger("images").grid_shape
+    group = zarr.open_group(screen.path, mode="r+")
+    group.create_array("_cellflow/ledger/images", shape=grid, chunks=(1, 1, *grid[2:]), dtype="uint64", fill_value=0)
+    records = screen.write("images", _field(8), plate="P1", well="B02", site=1, t=0)
+    ledger = Screen.open(screen.path).ledger("images")
+    assert ledger.mark(records) == len(records)
+    assert ledger.digests()[0, 1, 1, 0].all() and ledger.completed().sum() == len(records)
+    assert group["_cellflow/ledger/images"].chunks == (1, 1, *grid[2:])
 
 
 def test_chunk_digest_sees_content_dtype_and_shape():

@@ -1,0 +1,148 @@
+"""The run's client records finished units in groups (group commit): same ledgers, logs and counts as one at a time."""
+
+from __future__ import annotations
+
+import shutil
+
+import dask
+import numpy as np
+import pytest
+from rich.console import Console
+
+from cellflow.cluster import cluster_client
+from cellflow.graph import StageGraph, TaskResult
+from cellflow.pipeline.execute import PlannedStage, _Recorder, execute_plans
+from cellflow.pipeline.resume import StagePlan, TaskLog, Unit, field_id
+from cellflow.pipeline.spec import ClusterSpec
+from cellflow.screen import Screen, ScreenLayout
+from cellflow.screen.store import ChunkLedger, FieldKey
+
+LAYOUT = ScreenLayout(plates=("P1", "P2"), wells=("A01", "A02", "B01"), sites=(0, 1), channels=("DNA",),
+                      shape_yx=(24, 24), tile_yx=(24, 24))
+KEYS = [FieldKey(p, w, s, 0.0) for p in LAYOUT.plates for w in LAYOUT.wells for s in LAYOUT.sites]
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store whose fields were written, with each field's records (the ledger not yet marked)."""
+    screen = Screen.create(tmp_path / "a.zarr", LAYOUT)
+    rng = np.random.default_rng(3)
+    records = {key: screen.write("images", rng.integers(0, 4000, (1, 1, 24, 24), dtype=np.uint16),
+                                 plate=key.plate, well=key.well, site=key.site, t=key.t) for key in KEYS}
+    return screen, records
+
+
+def _unit(stage: str, key: FieldKey, token: bool = True) -> Unit:
+    return Unit(id=field_id(key), fields=(key,), token=f"{stage}-{field_id(key)}" if token else "")
+
+
+def _planned(name: str, units: list[Unit]) -> PlannedStage:
+    plan = StagePlan(name=name, units=units, todo=list(units))
+    return PlannedStage(name=name, plan=plan, graph=StageGraph(name=name, outputs=(), tasks=()))
+
+
+def _finished(records):
+    """A mixed group: done units of two stages across plates and wells, two failures, one unit without a token."""
+    out = []
+    for i, key in enumerate(KEYS):
+        stage = "first" if i % 2 == 0 else "second"
+        if i == 3:
+            out.append((stage, _unit(stage, key), TaskResult(stage=stage, field=key, error="ValueError: bad field")))
+        elif i == 6:
+            out.append((stage, _unit(stage, key), RuntimeError("worker died")))  # a raw exception, not a result
+        else:
+            out.append((stage, _unit(stage, key, token=i != 8), TaskResult(stage=stage, field=key,
+                                                                          records=tuple(records[key]))))
+    return out
+
+
+def _state(screen: Screen, recorder: _Recorder) -> dict:
+    execution = recorder.execution
+    return {
+        "ledger": screen.ledger("images").digests(),
+        "logs": {s: TaskLog(screen, s).load() for s in ("first", "second")},
+        "counts": execution.counts,
+        "quarantined": sorted((q.stage, q.field, q.error) for q in execution.quarantined),
+        "results": sorted((r.stage, str(r.field), r.error or "") for r in execution.results),
+        "chunks": execution.chunks_written,
+    }
+
+
+def test_a_group_records_what_recording_one_at_a_time_records(store, tmp_path):
+    screen, records = store
+    copy = Screen.open(shutil.copytree(screen.path, tmp_path / "b.zarr"))
+    finished = _finished(records)
+    stages = [_planned(s, [u for st, u, _ in finished if st == s]) for s in ("first", "second")]
+    grouped, single = (_Recorder(s, stages, lambda stage: None, None) for s in (screen, copy))
+    grouped.record_many(finished)
+    for item in reversed(finished):  # another order, one by one
+        single.record(*item)
+    a, b = _state(screen, grouped), _state(copy, single)
+    np.testing.assert_array_equal(a.pop("ledger"), b.pop("ledger"))
+    assert a == b
+    # and against the expected content, worked out independently of the recorder
+    expected = np.zeros(screen.ledger("images").grid_shape, np.uint64)
+    for i, key in enumerate(KEYS):
+        if i not in (3, 6):
+            for r in records[key]:
+                expected[r.index] = r.digest
+    np.testing.assert_array_equal(screen.ledger("images").digests(), expected)
+    logs = a["logs"]
+    assert {u: e["status"] for u, e in logs["second"].items()}[field_id(KEYS[3])] == "failed"
+    assert logs["first"][field_id(KEYS[6])]["status"] == "failed"
+    assert field_id(KEYS[8]) not in logs["first"]  # no token: nothing to resume, nothing logged
+    assert sum(len(v) for v in logs.values()) == len(KEYS) - 1
+    assert a["counts"]["first"]["done"] + a["counts"]["second"]["done"] == len(KEYS) - 2
+    assert a["quarantined"] == sorted([("second", field_id(KEYS[3]), "ValueError: bad field"),
+                                       ("first", field_id(KEYS[6]), "worker died")])
+
+
+def test_a_group_whose_ledger_write_fails_logs_none_of_its_units_done(store, monkeypatch):
+    """A kill between the ledger write and the log append can only leave units to redo, never a done
+    line whose chunks are not in the ledger."""
+    screen, records = store
+    finished = _finished(records)
+    stages = [_planned(s, [u for st, u, _ in finished if st == s]) for s in ("first", "second")]
+    recorder = _Recorder(screen, stages, lambda stage: None, None)
+
+    def killed(self, records):
+        raise KeyboardInterrupt("killed while writing the ledger")
+
+    monkeypatch.setattr(ChunkLedger, "mark", killed)
+    with pytest.raises(KeyboardInterrupt):
+        recorder.record_many(finished)
+    assert TaskLog(screen, "first").load() == {} and TaskLog(screen, "second").load() == {}
+
+
+def _returns(stage: str, key: FieldKey, records) -> TaskResult:
+    if key.well == "A02" and key.site == 1 and key.plate == "P2":
+        raise OSError("an unguarded task raised")
+    return TaskResult(stage=stage, field=key, records=tuple(records))
+
+
+def test_units_finishing_on_a_cluster_are_each_recorded_once(store):
+    """Through execute_plans on a real 2-worker LocalCluster: every unit's chunks and line, the
+    unguarded failure quarantined, the rest done."""
+    screen, records = store
+    units = [_unit("only", key) for key in KEYS]
+    by_field = {key: dask.delayed(_returns, pure=False)("only", key, records[key]) for key in KEYS}
+    stage = PlannedStage(name="only", plan=StagePlan(name="only", units=units, todo=list(units)),
+                         graph=StageGraph(name="only", outputs=(), tasks=tuple(by_field.values()), by_field=by_field))
+    spec = ClusterSpec(kind="local", n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0")
+    with cluster_client(spec) as client:
+        execution = execute_plans(screen, [stage], client, Console(quiet=True), show=False, retries=0)
+    bad = FieldKey("P2", "A02", 1, 0.0)
+    assert execution.counts["only"] == {"units": len(KEYS), "skipped": 0, "done": len(KEYS) - 1, "quarantined": 1}
+    [quarantine] = execution.quarantined
+    assert quarantine.field == field_id(bad) and quarantine.error.startswith("OSError: an unguarded task raised")
+    log = TaskLog(screen, "only").load()
+    assert {u: e["status"] for u, e in log.items()} == {
+        field_id(k): ("failed" if k == bad else "done") for k in KEYS}
+    expected = np.zeros(screen.ledger("images").grid_shape, np.uint64)
+    for key in KEYS:
+        if key != bad:
+            for r in records[key]:
+                expected[r.index] = r.digest
+    np.testing.assert_array_equal(screen.ledger("images").digests(), expected)
+    lines = (screen.path / "_cellflow" / "tasks" / "only.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * len(KEYS)  # one pending line per unit at the start, one result line each
