@@ -14,6 +14,7 @@ workers; a kill loses at most the group being written, whose units are redone.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -203,6 +204,14 @@ class _Recorder:
                 self.on_unit(stage, unit, result)
 
 
+def _outcome(future: Any) -> Any:
+    """A future's result, or its error as an exception (a cancelled future's included), never raised."""
+    try:
+        return future.result()
+    except (Exception, asyncio.CancelledError) as error:  # recorded as the unit's failure; Ctrl-C still stops
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
 def _as_result(stage: str, result: Any) -> TaskResult:
     """A unit's return value as a TaskResult (an exception or a stray value becomes its error)."""
     if isinstance(result, TaskResult):
@@ -253,11 +262,12 @@ def execute_plans(
         # at a time when the client keeps up); its results come back in one gather.
         for batch in as_completed(futures).batches():
             ok = [f for f in batch if f.status == "finished"]
-            finished = [(*owner[f.key], result) for f, result in zip(ok, client.gather(ok))]
-            for future in batch:
-                if future.status != "finished":  # the worker died more often than allowed, or an unguarded raise
-                    stage, unit = owner[future.key]
-                    error = future.exception()
-                    finished.append((stage, unit, TaskResult(stage=stage, error=f"{type(error).__name__}: {error}")))
+            try:
+                results = client.gather(ok)
+            except Exception:  # a result lost since (its worker died): each on its own, never the whole run
+                results = [_outcome(f) for f in ok]
+            finished = [(*owner[f.key], result) for f, result in zip(ok, results)]
+            # the others: the worker died more often than allowed, an unguarded raise, or cancelled
+            finished += [(*owner[f.key], _outcome(f)) for f in batch if f.status != "finished"]
             recorder.record_many(finished)
         return recorder.execution

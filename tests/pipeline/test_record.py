@@ -120,10 +120,19 @@ def _returns(stage: str, key: FieldKey, records) -> TaskResult:
     return TaskResult(stage=stage, field=key, records=tuple(records))
 
 
-def test_units_finishing_on_a_cluster_are_each_recorded_once(store):
+@pytest.mark.parametrize("gather_fails", [False, True])
+def test_units_finishing_on_a_cluster_are_each_recorded_once(store, monkeypatch, gather_fails):
     """Through execute_plans on a real 2-worker LocalCluster: every unit's chunks and line, the
-    unguarded failure quarantined, the rest done."""
+    unguarded failure quarantined, the rest done — also when a group's gather fails (a result lost
+    to a dying worker), where each unit is then fetched on its own."""
     screen, records = store
+    if gather_fails:
+        from distributed import Client
+
+        def lost(self, futures, *args, **kwargs):
+            raise OSError("lost a result")
+
+        monkeypatch.setattr(Client, "gather", lost)
     units = [_unit("only", key) for key in KEYS]
     by_field = {key: dask.delayed(_returns, pure=False)("only", key, records[key]) for key in KEYS}
     stage = PlannedStage(name="only", plan=StagePlan(name="only", units=units, todo=list(units)),
