@@ -140,10 +140,11 @@ def _write_field_variable(screen: Screen, name: str, values: np.ndarray, dtype: 
 
 
 def _ingest_pair(
-    screen: Screen, field: FieldKey, pair: _Pair, shape_yx: tuple[int, int], store_yx: tuple[int, int]
+    screen: Screen, field: FieldKey, pair: _Pair, shape_yx: tuple[int, int], store_yx: tuple[int, int],
+    dtype: str = "uint16",
 ) -> FieldResult:
-    """Read an image (``shape_yx``) and its mask, then write both zero-padded to ``store_yx``."""
-    image_spec = PlaneSpec(1, shape_yx, np.dtype("uint16"), "mean", pair.image)
+    """Read an image (``shape_yx``) and its mask, then write both zero-padded to ``store_yx`` (images as ``dtype``)."""
+    image_spec = PlaneSpec(1, shape_yx, np.dtype(dtype), "mean", pair.image)
     try:
         image = read_checked(pair.image, image_spec)[0]
         truth = None
@@ -153,7 +154,7 @@ def _ingest_pair(
     except BadFile as bad:
         return FieldResult(field, failed=((bad.path, bad.reason),))
     where = {"plate": field.plate, "well": field.well, "site": field.site, "t": field.t}
-    padded = np.zeros(store_yx, dtype=np.uint16)
+    padded = np.zeros(store_yx, dtype=image.dtype)
     padded[: image.shape[0], : image.shape[1]] = image
     records = screen.write("images", padded[np.newaxis, np.newaxis], **where)
     if truth is not None:
@@ -177,7 +178,8 @@ def ingest_nuclei_pairs(
     Each source folder is a plate; its images, in natural name order, fill wells A01,
     A02, ... (24 per row, see :func:`well_names`) at site 0, t 0, channel ``'image'``
     (one channel for every modality; select by the ``modality`` variable). Images are
-    stored as uint16 (8-bit values unchanged) at the top-left of a field of the largest
+    stored as uint16 (8-bit values unchanged; float32 when any image is floating point) at
+    the top-left of a field of the largest
     image size, zero-padded; RGB(A) images are reduced to the rounded mean of R, G and B,
     which is exact for grey images stored as RGB. Masks become ``truth_nuclei`` (uint32),
     pixel for pixel.
@@ -268,12 +270,16 @@ def _ingest_pairs(
             headers[pair.image] = read_header(pair.image)
         except BadFile as bad:
             headers[pair.image] = bad
-    sizes = [h.shape_yx for h in headers.values() if not isinstance(h, BadFile)]
+    readable = [h for h in headers.values() if not isinstance(h, BadFile)]
+    sizes = [h.shape_yx for h in readable]
     if not sizes:
         raise IngestError(f"none of the {len(pairs)} selected images in {root} can be read")
+    # Integer images are stored as uint16; one floating-point image makes it float32 for all,
+    # which holds every 8- and 16-bit value exactly (a float image is never refused or rounded).
+    dtype = "float32" if any(np.dtype(h.dtype).kind == "f" for h in readable) else "uint16"
     layout = ScreenLayout(
         plates=tuple(by_plate), wells=wells, sites=(0,), channels=(CHANNEL,),
-        shape_yx=(max(s[0] for s in sizes), max(s[1] for s in sizes)), dtype="uint16",
+        shape_yx=(max(s[0] for s in sizes), max(s[1] for s in sizes)), dtype=dtype,
         tile_yx=(MAX_TILE, MAX_TILE), attrs={"ingest_folder": str(root)},
     )
     screen = Screen.create(store_path, layout, overwrite=overwrite)
@@ -290,7 +296,7 @@ def _ingest_pairs(
                 results.append(FieldResult(field, failed=((header.path, header.reason),)))
             else:
                 tasks.append(dask.delayed(_ingest_pair, pure=True)(
-                    screen, field, pair, header.shape_yx, layout.shape_yx))
+                    screen, field, pair, header.shape_yx, layout.shape_yx, dtype))
     results += run_fields(tasks, scheduler)
     notes = [f"{p.image} has no mask in masks/; ingested without truth" for p in pairs
              if with_truth and p.mask is None]

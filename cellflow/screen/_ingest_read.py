@@ -9,8 +9,11 @@ goes wrong raises :class:`BadFile`, whose ``reason`` ends up in the ingest repor
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Generator
+import threading
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,15 +174,51 @@ def _pil_reader(path: Path) -> Generator[Any, None, None]:
     yield data.astype(data.dtype.newbyteorder("="), copy=False)[np.newaxis]
 
 
-def _open(path: Path) -> tuple[ImageHeader, Generator[Any, None, None]]:
-    """A file's header and the open reader that yields its pixels next."""
-    reader = _tiff_reader(path) if path.suffix.lower() in _TIFF_SUFFIXES else _pil_reader(path)
+_NOTES = threading.local()
+_LOG = logging.getLogger("cellflow.ingest")
+
+
+class _DecoderNotes(logging.Filter):
+    """tifffile's warnings about a file this thread is reading go into its report, not the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        notes = getattr(_NOTES, "notes", None)
+        if notes is None:
+            return True
+        notes.append(record.getMessage())
+        return False
+
+
+logging.getLogger("tifffile").addFilter(_DecoderNotes())
+
+
+@contextmanager
+def _decoder_notes(path: Path, stage: str) -> Iterator[None]:
+    """Turn a decoder's failure into :class:`BadFile`, with the decoder's own warnings in the reason."""
+    previous = getattr(_NOTES, "notes", None)
+    notes: list[str] = []
+    _NOTES.notes = notes
     try:
-        return next(reader), reader
+        yield
+    except BadFile:
+        raise
     # Decoders raise many types (ValueError, OSError, SyntaxError, struct.error, KeyError...)
     # for a damaged file; whichever it is, the file is bad and the reason is kept.
     except Exception as exc:
-        raise BadFile(path, f"cannot read header ({type(exc).__name__}: {exc})") from exc
+        said = f"; tifffile: {'; '.join(notes)}" if notes else ""
+        raise BadFile(path, f"cannot read {stage} ({type(exc).__name__}: {exc}{said})") from exc
+    finally:
+        _NOTES.notes = previous
+    for note in notes:  # the file was read all the same
+        _LOG.debug("%s: tifffile: %s", path, note)
+
+
+def _open(path: Path) -> tuple[ImageHeader, Generator[Any, None, None]]:
+    """A file's header and the open reader that yields its pixels next."""
+    reader = _tiff_reader(path) if path.suffix.lower() in _TIFF_SUFFIXES else _pil_reader(path)
+    with _decoder_notes(path, "header"):
+        return next(reader), reader
+    raise AssertionError("unreachable")  # the context manager re-raises; narrows the type for mypy
 
 
 def read_header(path: str | Path) -> ImageHeader:
@@ -205,11 +244,8 @@ def _decode(path: Path, rgb: str | None) -> np.ndarray:
                 path, f"is RGB(A) ({header.samples} samples per pixel); set rgb= to one of "
                 f"{RGB_METHODS!r} in the FilenamePattern to reduce it to one channel"
             )
-        data = next(reader)
-    except BadFile:
-        raise
-    except Exception as exc:  # as in _open: any decoder failure makes the file bad
-        raise BadFile(path, f"cannot read pixels ({type(exc).__name__}: {exc})") from exc
+        with _decoder_notes(path, "pixels"):  # as in _open: any decoder failure makes the file bad
+            data = next(reader)
     finally:
         reader.close()
     if header.samples == 2:

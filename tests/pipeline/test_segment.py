@@ -99,6 +99,28 @@ def test_a_bad_image_is_named_and_the_rest_are_segmented(folder, tmp_path):
     assert len(result.label_files) == 3 and not (out / "broken.tif").exists()
 
 
+def test_floating_point_images_are_segmented_like_their_integer_twins(folder, tmp_path):
+    """A float32 TIFF (a deconvolved or corrected export) is neither refused nor rounded: in a folder
+    mixed with integer images, each gets the labels of the eager kernel on its own pixels."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    sources = sorted(folder.iterdir())
+    for source in sources[:2]:  # integer PNGs, unchanged
+        shutil.copy(source, mixed / source.name)
+    image = iio.imread(sources[2])[..., :3].astype(np.float64).mean(axis=-1)
+    floats = (np.rint(image) / 255.0).astype(np.float32)  # values no integer store holds
+    floats[0, 0] = np.float32(0.1234567)
+    tifffile.imwrite(mixed / "exported.tif", floats)
+    out = tmp_path / "labels"
+    result = segment(mixed, out, params=AutolabelParams(nuclear_channel="image", illumination=False),
+                     cluster=ClusterSpec(kind="threads"), progress=False)
+    assert not result.failed and len(result.label_files) == 3
+    np.testing.assert_array_equal(tifffile.imread(out / "exported.tif"), segment_nuclei(floats))
+    for source in sources[:2]:
+        np.testing.assert_array_equal(tifffile.imread(out / f"{source.stem}.tif"), _eager(source))
+    assert result.objects["exported"] > 0
+
+
 def test_folder_with_a_model_equals_eager_inference(folder, tmp_path):
     """--model path: tiled, blended probabilities equal whole-image inference (<= 1e-4, the tiling
     bar) and each label file equals the post-processing of those probabilities."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -234,6 +235,22 @@ def test_ingest_round_trips_pixel_exact(tmp_path, case):
     assert layout.dtype == CASES[case][0] and layout.pixel_size_um == 0.65
     assert screen.ledger("images").completed().all()  # every field complete, every chunk recorded
     assert IngestReport.load(tmp_path / "s.zarr") == report
+
+
+def test_a_decoders_warning_about_a_bad_file_goes_into_its_reason_not_the_console(tmp_path, caplog):
+    from cellflow.screen._ingest_read import BadFile, read_header
+
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + b"\xff" * 12)  # a TIFF signature whose first-page offset points nowhere
+    with caplog.at_level("WARNING"), pytest.raises(BadFile) as raised:
+        read_header(bad)
+    assert "cannot read header" in raised.value.reason and "tifffile: " in raised.value.reason
+    assert "offset" in raised.value.reason  # what tifffile said about it
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+    # outside cellflow's reading, tifffile's own warnings are left alone
+    with caplog.at_level("WARNING"):
+        logging.getLogger("tifffile").warning("a warning of the user's own reading")
+    assert [r.getMessage() for r in caplog.records] == ["a warning of the user's own reading"]
 
 
 def test_truncated_and_wrong_files_are_reported(tmp_path):
