@@ -212,7 +212,7 @@ def segment(
         overwrite=overwrite,
         keep_store=keep_store, console=console,
     )
-    if result.label_files:
+    if not is_store:
         total = sum(result.objects.values())
         console.print(f"wrote {len(result.label_files)} label files ({total} nuclei) to {output}")
     else:
@@ -255,7 +255,7 @@ def predict(
     cluster = ClusterSpec(kind="threads") if workers == 0 else ClusterSpec(n_workers=workers)
     result = run_predict(source, out, params, cluster=cluster, scheduler=scheduler, overwrite=overwrite,
                          keep_store=keep_store, console=console)
-    if result.probability_files:
+    if not (source / "zarr.json").is_file():
         console.print(f"wrote {len(result.probability_files)} probability files to {out}")
     else:
         console.print(f"probabilities written into {result.store}")

@@ -14,7 +14,7 @@ report; every other image is still segmented.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +27,12 @@ from dask.base import tokenize
 from rich.console import Console
 
 from cellflow.errors import IngestError, StoreExistsError
-from cellflow.graph import StageGraph
+from cellflow.graph import StageGraph, TaskResult
 from cellflow.graph._stage import field_tasks
+from cellflow.pipeline.resume import field_id
 from cellflow.pipeline.runner import build_graphs, cluster_client, execute_graphs, record_chunks
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
+from cellflow.screen._ingest_nuclei import _IMAGE_SUFFIXES as IMAGE_SUFFIXES
 from cellflow.screen.store import FieldKey, Screen
 
 __all__ = ["LABEL_TIFFS", "SegmentResult", "TiffExport", "run_on_images", "segment"]
@@ -221,12 +223,39 @@ def run_on_images(
         graphs = build_graphs(screen, spec, before_create=refuse_replacing, replace=overwrite)
         results = execute_graphs(graphs, client, console, progress)
         record_chunks(screen, results)
-        files, counts = ((), {}) if out_dir is None else _export_tiffs(screen, out_dir, client, export)
+        # A field whose task failed (a blank or NaN image, a bug) is reported with its file and
+        # gets no output file: an empty label image would read as "no nuclei here".
+        errors = _first_errors(results)
+        failed += _quarantined(screen, errors, None if as_store else source)
+        files, counts = ((), {}) if out_dir is None else _export_tiffs(screen, out_dir, client, export,
+                                                                       skip=set(errors))
     return SegmentResult(store=Path(store), label_files=files, failed=failed, objects=counts)
 
 
+def _first_errors(results: list[TaskResult]) -> dict[FieldKey, str]:
+    """Per field, the error of the first stage that failed on it (its downstream stages say 'not run')."""
+    errors: dict[FieldKey, str] = {}
+    for result in results:
+        if result.error is not None and result.field is not None:
+            if result.field not in errors or errors[result.field].startswith("not run: "):
+                errors[result.field] = f"{result.stage}: {result.error}"
+    return errors
+
+
+def _quarantined(screen: Any, errors: dict[FieldKey, str], folder: Path | None) -> tuple[tuple[str, str], ...]:
+    """(the field's input file, or the store and field id; the reason) for every failed field."""
+    if not errors:
+        return ()
+    if folder is None:
+        return tuple((f"{screen.path} field {field_id(key)}", reason) for key, reason in errors.items())
+    every = screen.fields(acquired_only=False)
+    names = dict(zip(every, (str(v) for v in screen.dataset().source_name.values.ravel())))
+    paths = {p.stem: str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    return tuple((paths.get(names[key], f"{folder}/{names[key]}"), reason) for key, reason in errors.items())
+
+
 def _export_tiffs(
-    screen: Screen, out_dir: Path, client: Any, export: TiffExport
+    screen: Screen, out_dir: Path, client: Any, export: TiffExport, *, skip: Collection[FieldKey] = ()
 ) -> tuple[tuple[Path, ...], dict[str, int]]:
     """One TIFF per acquired field, named by its source file's stem, cropped to its extent."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,10 +263,11 @@ def _export_tiffs(
     every = screen.fields(acquired_only=False)
     names = {k: str(v) for k, v in zip(every, ds.source_name.values.ravel())}
     sizes = {k: (int(y), int(x)) for k, y, x in zip(every, ds.extent_y.values.ravel(), ds.extent_x.values.ravel())}
-    files = tuple(export.path(out_dir, names[key]) for key in screen.fields())
-    token = tokenize(str(screen.path), export.variable, str(out_dir))
+    keys = [key for key in screen.fields() if key not in skip]
+    files = tuple(export.path(out_dir, names[key]) for key in keys)
+    token = tokenize(str(screen.path), export.variable, str(out_dir), sorted(skip))
     tasks = field_tasks("export", token, _write_tiff, {
-        key: (screen, export.variable, key, sizes[key], path) for key, path in zip(screen.fields(), files)
+        key: (screen, export.variable, key, sizes[key], path) for key, path in zip(keys, files)
     }, None)
     found = dask.compute(*tasks.values(), scheduler="threads" if client is None else client)
-    return files, {names[key]: int(n) for key, n in zip(screen.fields(), found)}
+    return files, {names[key]: int(n) for key, n in zip(keys, found)}

@@ -121,6 +121,33 @@ def test_floating_point_images_are_segmented_like_their_integer_twins(folder, tm
     assert result.objects["exported"] > 0
 
 
+def test_an_image_no_analysis_can_use_is_reported_and_gets_no_label_file(folder, tmp_path, capsys):
+    """A blank frame or one with NaN pixels is quarantined by the QC: named with its reason, no
+    all-zero label file (it would read as "no nuclei"), exit status 3; the others are segmented."""
+    from cellflow.cli import main
+
+    blank, holes = folder / "blank.tif", folder / "holes.tif"
+    tifffile.imwrite(blank, np.zeros((64, 80), np.uint16))
+    with_nan = np.random.default_rng(1).random((64, 80)).astype(np.float32)
+    with_nan[5:9, 5:9] = np.nan
+    tifffile.imwrite(holes, with_nan)
+    out = tmp_path / "labels"
+    result = segment(folder, out, params=AutolabelParams(nuclear_channel="image", illumination=False),
+                     cluster=ClusterSpec(kind="threads"), progress=False)
+    reasons = dict(result.failed)
+    assert set(reasons) == {str(blank), str(holes)}
+    assert "blank" in reasons[str(blank)] and "16 NaN or infinite pixels" in reasons[str(holes)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.stem + ".tif" for p in folder.iterdir() if p not in (blank, holes))
+    for source in folder.iterdir():
+        if source not in (blank, holes):
+            np.testing.assert_array_equal(tifffile.imread(out / f"{source.stem}.tif"), _eager(source))
+    assert main(["segment", str(folder), str(tmp_path / "cli"), "--classical", "--workers", "0"]) == 3
+    said = capsys.readouterr().out
+    assert f"not segmented: {blank}" in said and f"not segmented: {holes}" in said
+    assert "wrote 3 label files" in said
+
+
 def test_folder_with_a_model_equals_eager_inference(folder, tmp_path):
     """--model path: tiled, blended probabilities equal whole-image inference (<= 1e-4, the tiling
     bar) and each label file equals the post-processing of those probabilities."""
