@@ -180,7 +180,7 @@ def train(
 
 @app.command()
 def segment(
-    source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG images, or a screen store")],
+    source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG/JPEG images, or a screen store")],
     output: Annotated[Path | None, typer.Argument(help="Folder for the label TIFFs (folder input only)")] = None,
     classical: Annotated[bool, typer.Option(help="Classical Otsu + watershed nuclei")] = False,
     model: Annotated[Path | None, typer.Option(help="A trained checkpoint (cellflow train) to segment with")] = None,
@@ -217,15 +217,27 @@ def segment(
         console.print(f"wrote {len(result.label_files)} label files ({total} nuclei) to {output}")
     else:
         console.print(f"labels_nuclei written into {result.store}")
+    _print_skipped(result.skipped, source)
     for path, reason in result.failed:
         console.print(f"[red]not segmented:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(code=3)
 
 
+def _print_skipped(skipped: tuple[str, ...], folder: Path, shown: int = 5) -> None:
+    """Name the files a folder run left alone: not an error (notes, metadata), but never silent."""
+    if not skipped:
+        return
+    names = [str(Path(p).relative_to(folder)) if Path(p).is_relative_to(folder) else p for p in skipped]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    console.print(f"[yellow]skipped {len(names)} file(s)[/yellow] that are not .png/.tif/.jpg images directly in "
+                  f"{folder} (sub-folders are not read): {', '.join(names[:shown])}{more}",
+                  highlight=False, soft_wrap=True)
+
+
 @app.command()
 def predict(
-    source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG images, or a screen store")],
+    source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG/JPEG images, or a screen store")],
     model: Annotated[Path | None, typer.Option(help="A trained checkpoint (cellflow train)")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for <stem>_prob.tif files (folder input only)")] = None,
     tile: Annotated[int, typer.Option(help="Tile edge (kept window), pixels")] = 512,
@@ -259,6 +271,7 @@ def predict(
         console.print(f"wrote {len(result.probability_files)} probability files to {out}")
     else:
         console.print(f"probabilities written into {result.store}")
+    _print_skipped(result.skipped, source)
     for path, reason in result.failed:
         console.print(f"[red]not predicted:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
     if result.failed:

@@ -38,12 +38,15 @@ class PredictResult:
     probability_files : tuple of Path
         One ``<stem>_prob.tif`` per readable input image (folder input; empty for a store).
     failed : tuple of (str, str)
-        Input files that could not be read, with the reason.
+        Input files that could not be read, or whose field failed (a blank or NaN image), with the reason.
+    skipped : tuple of str
+        Files of a folder input that are not images it reads, or are in its sub-folders.
     """
 
     store: Path
     probability_files: tuple[Path, ...]
     failed: tuple[tuple[str, str], ...]
+    skipped: tuple[str, ...] = ()
 
 
 def predict(
@@ -63,7 +66,7 @@ def predict(
     Parameters
     ----------
     source : str or Path
-        A folder of ``.tif``/``.png`` images, or a screen store.
+        A folder of ``.tif``/``.png``/``.jpg`` images (float images kept as float32), or a screen store.
     output : str or Path or None
         For a folder: the folder for the probability TIFFs (created). For a store: None.
     params : PredictParams
@@ -104,4 +107,5 @@ def predict(
         source, output, {"predict": params.to_dict()}, export=PROBABILITY_TIFFS, cluster=cluster,
         scheduler=scheduler, overwrite=overwrite, keep_store=keep_store, console=console, progress=progress,
     )
-    return PredictResult(store=result.store, probability_files=result.label_files, failed=result.failed)
+    return PredictResult(store=result.store, probability_files=result.label_files, failed=result.failed,
+                         skipped=result.skipped)

@@ -48,6 +48,7 @@ class SegmentResult:
     label_files: tuple[Path, ...]
     failed: tuple[tuple[str, str], ...]
     objects: dict[str, int]
+    skipped: tuple[str, ...] = ()  # files of a folder input that are not images it reads (or in sub-folders)
 
 
 def _is_store(path: Path) -> bool:
@@ -120,7 +121,7 @@ def segment(
     Parameters
     ----------
     source : str or Path
-        A folder of ``.tif``/``.png`` images, or a screen store.
+        A folder of ``.tif``/``.png``/``.jpg`` images (float images kept as float32), or a screen store.
     output : str or Path or None
         For a folder: the folder for the label TIFFs (created). For a store: None.
     params : AutolabelParams, optional
@@ -202,11 +203,12 @@ def run_on_images(
         if client is not None:
             console.print(f"dask dashboard: {client.dashboard_link}")
         failed: tuple[tuple[str, str], ...] = ()
+        skipped: tuple[str, ...] = ()
         if as_store:
             store = source
         else:
             report = ingest_images(source, store, overwrite=keep_store is not None and overwrite, scheduler=client)
-            failed = report.failed
+            failed, skipped = report.failed, report.skipped
         screen = Screen.open(store)
         spec = PipelineSpec(
             name="segment", input=InputSpec(store=store), stages=stages, cluster=cluster,
@@ -229,7 +231,7 @@ def run_on_images(
         failed += _quarantined(screen, errors, None if as_store else source)
         files, counts = ((), {}) if out_dir is None else _export_tiffs(screen, out_dir, client, export,
                                                                        skip=set(errors))
-    return SegmentResult(store=Path(store), label_files=files, failed=failed, objects=counts)
+    return SegmentResult(store=Path(store), label_files=files, failed=failed, objects=counts, skipped=skipped)
 
 
 def _first_errors(results: list[TaskResult]) -> dict[FieldKey, str]:

@@ -35,7 +35,7 @@ __all__ = ["CHANNEL", "MAX_PAIRS_PER_PLATE", "ingest_images", "ingest_nuclei_pai
 CHANNEL = "image"
 #: Wells per plate (= per source folder).
 MAX_PAIRS_PER_PLATE = 1536
-_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")  # JPEG: lossy, but some instruments export it
 _COLUMNS = 24
 
 
@@ -251,7 +251,7 @@ def ingest_images(
         else:
             images[path.stem] = path
     if not images:
-        raise IngestError(f"no .png/.tif images in {folder}")
+        raise IngestError(f"no .png/.tif/.jpg images in {folder}")
     pairs = [_Pair(folder.name, stem, str(path), None, "")
              for stem, path in sorted(images.items(), key=lambda item: natural_key(item[0]))]
     return _ingest_pairs(folder, pairs, skipped, store_path, with_modality=False, with_truth=False,

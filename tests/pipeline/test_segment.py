@@ -148,6 +148,27 @@ def test_an_image_no_analysis_can_use_is_reported_and_gets_no_label_file(folder,
     assert "wrote 3 label files" in said
 
 
+def test_jpeg_images_are_segmented_and_files_left_alone_are_named(folder, tmp_path, capsys):
+    from cellflow.cli import main
+
+    first = sorted(folder.iterdir())[0]
+    grey = np.rint(iio.imread(first)[..., :3].astype(np.float64).mean(axis=-1)).astype(np.uint8)
+    iio.imwrite(folder / "exported.jpg", grey, quality=95)
+    (folder / "notes.txt").write_text("plate map")
+    (folder / "old").mkdir()
+    shutil.copy(first, folder / "old" / first.name)
+    out = tmp_path / "labels"
+    result = segment(folder, out, params=AutolabelParams(nuclear_channel="image", illumination=False),
+                     cluster=ClusterSpec(kind="threads"), progress=False)
+    assert not result.failed
+    assert sorted(result.skipped) == sorted([str(folder / "notes.txt"), str(folder / "old" / first.name)])
+    decoded = iio.imread(folder / "exported.jpg")  # the lossy pixels, decoded independently
+    np.testing.assert_array_equal(tifffile.imread(out / "exported.tif"), segment_nuclei(decoded.astype(np.float32)))
+    assert main(["segment", str(folder), str(tmp_path / "cli"), "--classical", "--workers", "0"]) == 0
+    said = capsys.readouterr().out
+    assert "skipped 2 file(s)" in said and "notes.txt" in said and f"old/{first.name}" in said
+
+
 def test_folder_with_a_model_equals_eager_inference(folder, tmp_path):
     """--model path: tiled, blended probabilities equal whole-image inference (<= 1e-4, the tiling
     bar) and each label file equals the post-processing of those probabilities."""
