@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,15 +317,32 @@ def run_spec(
     out_dir = Path(spec.output.tables)
     _check_tables_folder(out_dir, Path(spec.input.store))
     try:
-        with cluster_client(spec.cluster, address=scheduler) as client:
-            dashboard = None if client is None else client.dashboard_link
-            if dashboard:
-                console.print(f"dask dashboard: {dashboard}")
-            screen = prepare_input(spec.input, scheduler=None if client is None else client)
+        with ExitStack() as stack:
+            client: Any = None
+            cluster_started = False
+
+            def start_cluster() -> None:  # when there is work for it: a rerun with nothing to do starts none
+                nonlocal client, cluster_started, dashboard
+                if cluster_started:
+                    return
+                client = stack.enter_context(cluster_client(spec.cluster, address=scheduler))
+                cluster_started = True
+                dashboard = None if client is None else client.dashboard_link
+                if dashboard:
+                    console.print(f"dask dashboard: {dashboard}")
+
+            if not (Path(spec.input.store).exists() and spec.input.reuse):
+                start_cluster()  # the input is made (ingest, synthesis) on the cluster
+            screen = prepare_input(spec.input, scheduler=client)
             seconds["input"] = time.perf_counter() - start
             start = time.perf_counter()
             planned = plan_graphs(screen, spec, resume=resume, verify=verify, replace=overwrite)
             seconds["build"] = time.perf_counter() - start
+            if any(s.plan.todo for s in planned):
+                start_cluster()
+            else:
+                console.print(f"nothing to do: all {sum(len(s.plan.units) for s in planned)} units are recorded "
+                              "done with these parameters and inputs (no cluster started)")
             view = PlateView(screen, planned, out_dir, dashboard=dashboard)
             console.print(f"plate view: {view.html_path}")
             start = time.perf_counter()

@@ -51,12 +51,24 @@ def _store_digests(screen: Screen, name: str) -> np.ndarray:
     return out
 
 
-def test_second_run_skips_everything_and_gives_the_same_tables(tmp_path):
+def test_second_run_skips_everything_and_gives_the_same_tables(tmp_path, monkeypatch):
+    import cellflow.pipeline.runner as runner
+
     spec = _spec(tmp_path)
+    started = []
+    real = runner.cluster_client
+
+    def counted(*args, **kwargs):
+        started.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "cluster_client", counted)
     first = run_spec(spec, progress=False)
     assert first.status == "ok" and first.exit_code == 0
     assert first.stages["autolabel"] == {**first.stages["autolabel"], "tasks": 4, "done": 4, "skipped": 0}
+    assert len(started) == 1
     again = run_spec(spec, progress=False)
+    assert len(started) == 1  # nothing to do: no cluster is started
     assert {name: (s["done"], s["skipped"]) for name, s in again.stages.items()} == {
         "illumination": (0, 1), "autolabel": (0, 4), "score": (0, 4)}
     pd.testing.assert_frame_equal(first.tables["labels_nuclei/fields"], again.tables["labels_nuclei/fields"])
