@@ -15,6 +15,7 @@ __all__ = [
     "RegionError",
     "SchemaError",
     "SpecError",
+    "StoreBusyError",
     "StoreExistsError",
 ]
 
@@ -45,3 +46,7 @@ class StoreExistsError(CellflowError, FileExistsError):
 
 class FieldQualityError(CellflowError, ValueError):
     """A field's pixels cannot be analysed: blank, saturated, or not finite."""
+
+
+class StoreBusyError(CellflowError, RuntimeError):
+    """Another cellflow run is writing the store (it holds the store's run lock)."""

@@ -301,6 +301,7 @@ def run_spec(
         ``quarantined``) or ``'failed'`` (a stage produced nothing, or the run broke).
     """
     from cellflow.pipeline.execute import Execution, execute_plans, plan_graphs
+    from cellflow.pipeline.lock import store_lock
     from cellflow.pipeline.monitor import PlateView
 
     console = console or Console()
@@ -318,6 +319,11 @@ def run_spec(
     _check_tables_folder(out_dir, Path(spec.input.store))
     try:
         with ExitStack() as stack:
+            store = Path(spec.input.store)
+            what = f"cellflow run {spec_path or spec.name}"
+            locked = (store / "zarr.json").is_file()
+            if locked:  # one writing run per store (cellflow.pipeline.lock)
+                stack.enter_context(store_lock(store, what))
             client: Any = None
             cluster_started = False
 
@@ -334,6 +340,8 @@ def run_spec(
             if not (Path(spec.input.store).exists() and spec.input.reuse):
                 start_cluster()  # the input is made (ingest, synthesis) on the cluster
             screen = prepare_input(spec.input, scheduler=client)
+            if not locked:  # the store was made just now
+                stack.enter_context(store_lock(store, what))
             seconds["input"] = time.perf_counter() - start
             start = time.perf_counter()
             planned = plan_graphs(screen, spec, resume=resume, verify=verify, replace=overwrite)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from rich.console import Console
 from cellflow.errors import IngestError, StoreExistsError
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.graph._stage import field_tasks
+from cellflow.pipeline.lock import command_line, store_lock
 from cellflow.pipeline.resume import field_id
 from cellflow.pipeline.runner import build_graphs, cluster_client, execute_graphs, record_chunks
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
@@ -199,6 +200,7 @@ def run_on_images(
             raise IngestError(f"the folder {source} needs an output folder for the {export.kind} files")
         _planned_outputs(source, out_dir, overwrite, export)
     with _work_store(None if keep_store is None else Path(keep_store)) as store, \
+            (store_lock(source, command_line()) if as_store else nullcontext()), \
             cluster_client(cluster, address=scheduler) as client:
         if client is not None:
             console.print(f"dask dashboard: {client.dashboard_link}")
