@@ -266,7 +266,12 @@ def _param_problem(
 
 
 def _offending_key(message: str, raw: Mapping[str, Any]) -> str | None:
-    """The parameter a stage's error message names, to point at its line."""
+    """The parameter a stage's error message names, to point at its line.
+
+    Only the part before "; expected ..." counts: that tail lists the valid keys, which would
+    otherwise point an unknown key's error at the first valid key of the mapping.
+    """
+    message = message.split("; expected", 1)[0]
     for key in raw:
         if f"'{key}'" in message or f".{key} " in message or message.startswith(f"{key} "):
             return str(key)

@@ -104,3 +104,26 @@ def test_shipped_training_spec_parses_and_bad_training_specs_name_the_line(tmp_p
         load_train_spec(bad)
     message = str(info.value)
     assert f"{bad}:6: model_dirr: Extra inputs are not permitted" in message
+
+
+def test_an_unknown_key_is_pointed_at_its_own_line_not_the_first_valid_key(tmp_path):
+    """The "expected some of [...]" tail lists valid keys; the line must be the unknown key's."""
+    from cellflow.pipeline.spec import load_train_spec
+
+    bad = tmp_path / "t.yaml"
+    bad.write_text("name: t\ninput: {store: a.zarr}\ntrain:\n  channels: [DNA]\n  labels: labels_nuclei\n"
+                   "model_dir: m\n")
+    with pytest.raises(SpecError) as info:
+        load_train_spec(bad)
+    assert f"{bad}:5: train.labels: TrainParams got unknown keys ['labels']" in str(info.value)
+    path = _write(tmp_path, """\
+    name: x
+    input: {store: a.zarr}
+    stages:
+      autolabel:
+        nuclear_channel: DNA
+        diameter: 12
+    """)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert f"{path}:6: stages.autolabel.diameter: " in str(info.value)
