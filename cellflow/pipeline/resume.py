@@ -72,19 +72,48 @@ class TaskLog:
         self.path = Path(screen.path).joinpath(*_LOG_DIR, f"{stage}.jsonl")
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """The last complete entry of every unit (a torn final line is ignored)."""
-        latest: dict[str, dict[str, Any]] = {}
+        """The last complete entry of every unit (a torn final line is ignored).
+
+        Only each unit's last line is parsed: the log's lines start ``{"unit": "<id>"``
+        (written so by :meth:`append`), which names the unit without parsing the rest, and
+        the lines a later one supersedes (every ``pending`` line, earlier runs') are skipped.
+        A line of another form is parsed whole; a last line that does not parse makes the
+        unit fall back to its latest line that does.
+        """
         if not self.path.exists():
-            return latest
+            return {}
+        last: dict[str, str] = {}
         with open(self.path, encoding="utf-8") as handle:
             for line in handle:
                 if not line.endswith("\n"):
                     break  # torn by a kill mid-write
+                unit = _unit_of(line)
+                if unit is None:
+                    try:
+                        entry = json.loads(line)
+                        unit = entry["unit"]
+                    except (json.JSONDecodeError, TypeError, KeyError):
+                        continue
+                last[unit] = line
+        latest: dict[str, dict[str, Any]] = {}
+        for unit, line in last.items():
+            try:
+                latest[unit] = json.loads(line)
+            except json.JSONDecodeError:
+                return self._load_every_line()  # a damaged line: the slow, exact way
+        return latest
+
+    def _load_every_line(self) -> dict[str, dict[str, Any]]:
+        latest: dict[str, dict[str, Any]] = {}
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break
                 try:
                     entry = json.loads(line)
-                except json.JSONDecodeError:
+                    latest[entry["unit"]] = entry
+                except (json.JSONDecodeError, TypeError, KeyError):
                     continue
-                latest[entry["unit"]] = entry
         return latest
 
     def append(self, entries: Iterable[Mapping[str, Any]]) -> None:
@@ -97,6 +126,18 @@ class TaskLog:
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+_LINE_START = '{"unit": "'
+
+
+def _unit_of(line: str) -> str | None:
+    """The unit id of a log line as :meth:`TaskLog.append` writes it; None when not in that form."""
+    if not line.startswith(_LINE_START):
+        return None
+    end = line.find('"', len(_LINE_START))
+    unit = line[len(_LINE_START):end]
+    return None if end < 0 or "\\" in unit else unit  # an escaped character: let json read it
 
 
 def _json_default(value: Any) -> Any:

@@ -252,21 +252,21 @@ class Screen:
     @property
     def variables(self) -> tuple[str, ...]:
         """Names of the data variables (not coordinates, not bookkeeping)."""
-        group = zarr.open_group(self.path, mode="r")
-        coords = set(DIMS_IMAGES)
-        names = [n for n, _ in group.arrays() if n not in coords and n not in self._extra_coord_names(group)]
-        return tuple(sorted(names))
+        arrays = list(zarr.open_group(self.path, mode="r").arrays())  # one listing (each reads every array's metadata)
+        coords = set(DIMS_IMAGES) | self._extra_coord_names(arrays)
+        return tuple(sorted(n for n, _ in arrays if n not in coords))
 
     @staticmethod
-    def _extra_coord_names(group: zarr.Group) -> set[str]:
-        return {n for n, a in group.arrays() if _dims(a) == (n,)}
+    def _extra_coord_names(arrays: Sequence[tuple[str, zarr.Array]]) -> set[str]:
+        return {n for n, a in arrays if _dims(a) == (n,)}
 
     def coords(self) -> dict[str, np.ndarray]:
         """Coordinate values by dimension (read once per handle)."""
         coords = self._coords  # one read: another thread may reset the attribute (_coord_values)
         if coords is None:
-            group = zarr.open_group(self.path, mode="r")
-            coords = {n: _plain(np.asarray(a[...])) for n, a in group.arrays() if n in self._extra_coord_names(group)}
+            arrays = list(zarr.open_group(self.path, mode="r").arrays())
+            extra = self._extra_coord_names(arrays)
+            coords = {n: _plain(np.asarray(a[...])) for n, a in arrays if n in extra}
             self._coords = coords
         return coords
 

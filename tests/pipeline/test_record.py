@@ -155,3 +155,55 @@ def test_units_finishing_on_a_cluster_are_each_recorded_once(store, monkeypatch,
     np.testing.assert_array_equal(screen.ledger("images").digests(), expected)
     lines = (screen.path / "_cellflow" / "tasks" / "only.jsonl").read_text().splitlines()
     assert len(lines) == 2 * len(KEYS)  # one pending line per unit at the start, one result line each
+
+
+def _every_line(path):
+    """Independent reference for TaskLog.load: parse every line, the last parseable entry of a unit wins."""
+    import json
+
+    latest = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                break
+            try:
+                entry = json.loads(line)
+                latest[entry["unit"]] = entry
+            except (json.JSONDecodeError, TypeError, KeyError):
+                continue
+    return latest
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_task_log_load_equals_parsing_every_line(store, seed):
+    """Random logs: units with quotes, backslashes and non-ASCII in their ids, pending/done/failed lines,
+    reruns, foreign and damaged lines, a torn last line."""
+    import json
+
+    screen, _ = store
+    rng = np.random.default_rng(seed)
+    log = TaskLog(screen, f"random{seed}")
+    units = ["P1/A01/0/0", 'P"2/B01/1/0', "P\\3/C02/0/15", "Plaque-é/D04/2/0", "P5/E05/0/0"]
+    lines = []
+    for _ in range(int(rng.integers(1, 60))):
+        unit = units[int(rng.integers(len(units)))]
+        kind = int(rng.integers(6))
+        if kind == 0:
+            lines.append(json.dumps({"unit": unit, "status": "pending", "token": "t"}) + "\n")
+        elif kind in (1, 2):
+            lines.append(json.dumps({"unit": unit, "status": "done", "token": str(rng.integers(9)),
+                                     "records": [["v", [0, 1], "7"]], "rows": [{"n": int(rng.integers(5))}]}) + "\n")
+        elif kind == 3:
+            lines.append(json.dumps({"unit": unit, "status": "failed", "token": "t", "error": "x"}) + "\n")
+        elif kind == 4:  # damaged in the middle, but with the usual start
+            good = json.dumps({"unit": unit, "status": "done", "token": "t"})
+            lines.append(good[: int(rng.integers(len('{"unit": "') + 1, len(good)))] + "\n")
+        else:  # another form: keys in another order, or no unit at all
+            lines.append(json.dumps({"status": "done", "unit": unit, "token": "z"} if rng.random() < 0.5
+                                    else {"note": "not a unit"}) + "\n")
+    text = "".join(lines)
+    if rng.random() < 0.5:
+        text += json.dumps({"unit": units[0], "status": "done", "token": "torn"})[:20]  # killed mid-write
+    log.path.parent.mkdir(parents=True, exist_ok=True)
+    log.path.write_text(text, encoding="utf-8")
+    assert log.load() == _every_line(log.path)
