@@ -252,10 +252,15 @@ def _quarantined(screen: Any, errors: dict[FieldKey, str], folder: Path | None) 
         return ()
     if folder is None:
         return tuple((f"{screen.path} field {field_id(key)}", reason) for key, reason in errors.items())
-    every = screen.fields(acquired_only=False)
-    names = dict(zip(every, (str(v) for v in screen.dataset().source_name.values.ravel())))
+    names = _source_names(screen)
     paths = {p.stem: str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     return tuple((paths.get(names[key], f"{folder}/{names[key]}"), reason) for key, reason in errors.items())
+
+
+def _source_names(screen: Screen, ds: Any = None) -> dict[FieldKey, str]:
+    """Each field's source file stem (``source_name``), for every field of a folder's store."""
+    ds = screen.dataset() if ds is None else ds
+    return {k: str(v) for k, v in zip(screen.fields(acquired_only=False), ds.source_name.values.ravel())}
 
 
 def _export_tiffs(
@@ -265,7 +270,7 @@ def _export_tiffs(
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = screen.dataset()
     every = screen.fields(acquired_only=False)
-    names = {k: str(v) for k, v in zip(every, ds.source_name.values.ravel())}
+    names = _source_names(screen, ds)
     sizes = {k: (int(y), int(x)) for k, y, x in zip(every, ds.extent_y.values.ravel(), ds.extent_x.values.ravel())}
     keys = [key for key in screen.fields() if key not in skip]
     files = tuple(export.path(out_dir, names[key]) for key in keys)
