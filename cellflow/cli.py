@@ -2,13 +2,16 @@
 
 Every command validates its arguments at the edge, runs one library call, and
 prints a short rich summary. A cellflow error (bad input, a refused overwrite)
-prints one clear line and exits with status 2; nothing prints a traceback at a
-user for a mistake in their input.
+prints one clear line and exits with status 2; a full or read-only disk prints one
+line saying what was kept and how to go on, and exits with status 1; nothing prints
+a traceback at a user for a mistake in their input or a full disk.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cellflow.errors import CellflowError
+from cellflow.errors import CellflowError, StorageFullError, halts_run
 
 __all__ = ["app", "main"]
 
@@ -130,6 +133,8 @@ def run(
             console.print(f"  {q['stage']} {q['field']}: {q['error']}")
         if len(result.quarantined) > 20:
             console.print(f"  ... and {len(result.quarantined) - 20} more in {Path(parsed.output.tables) / 'run.json'}")
+    if result.error:
+        console.print(f"[bold red]{result.error}[/bold red]", highlight=False)
     if report:
         try:
             from cellflow.report import build_report
@@ -339,7 +344,7 @@ def ingest(
     from cellflow.screen.ingest import FilenamePattern, ingest_nuclei_pairs
     from cellflow.screen.ingest import ingest as ingest_folder
 
-    with scheduler_context(scheduler) as sched:
+    with _incomplete_store_on_full_disk(out), scheduler_context(scheduler) as sched:
         if nuclei_pairs:
             report = ingest_nuclei_pairs(source, out, overwrite=overwrite, scheduler=sched)
         else:
@@ -356,6 +361,19 @@ def ingest(
     console.print(report.summary(), soft_wrap=True, highlight=False)
     if report.failed:
         raise typer.Exit(code=3)
+
+
+@contextmanager
+def _incomplete_store_on_full_disk(out: Path) -> Iterator[None]:
+    """Say that a store made on a disk that filled up is incomplete, and how to remake it."""
+    try:
+        yield
+    except OSError as error:
+        if not halts_run(error) or isinstance(error, CellflowError):
+            raise
+        raise StorageFullError(
+            f"{type(error).__name__}: {error.strerror}: the disk of {out} is full or read-only, and the new store "
+            "there is incomplete; free space and run the same command with --overwrite") from error
 
 
 @app.command()
@@ -452,17 +470,29 @@ def deploy_submit(
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status.
 
-    0: done. 2: bad input or usage (one clear line, no traceback). 3: finished, but some
-    inputs were bad and are listed.
+    0: done. 1: the run failed (e.g. the disk filled up: one line saying what to do). 2: bad
+    input or usage (one clear line, no traceback). 3: finished, but some inputs were bad and
+    are listed.
     """
     try:
         app(args=argv, prog_name="cellflow")
     except SystemExit as done:  # click ends every run, usage errors included, with SystemExit
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except StorageFullError as error:  # not the input's fault: the run failed, and says how to go on
+        console.print(f"[red]stopped:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return 1
     except (CellflowError, FileNotFoundError) as error:
         # escape: messages quote patterns such as [a-z0-9] that rich would take for markup
         console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
+    except OSError as error:
+        if not halts_run(error):
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        console.print(f"[red]stopped:[/red] {escape(f'{type(error).__name__}: {error.strerror}{where}')}: the disk "
+                      "is full or read-only; free space (or choose a writable place) and run the command again",
+                      highlight=False, soft_wrap=True)
+        return 1
     return 0
 
 

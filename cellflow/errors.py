@@ -8,15 +8,20 @@ of ours.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
+    "HALT_ERRNOS",
     "CellflowError",
     "FieldQualityError",
     "IngestError",
     "RegionError",
     "SchemaError",
     "SpecError",
+    "StorageFullError",
     "StoreBusyError",
     "StoreExistsError",
+    "halts_run",
 ]
 
 
@@ -50,3 +55,33 @@ class FieldQualityError(CellflowError, ValueError):
 
 class StoreBusyError(CellflowError, RuntimeError):
     """Another cellflow run is writing the store (it holds the store's run lock)."""
+
+
+class StorageFullError(CellflowError, OSError):
+    """The disk cellflow writes to is full or read-only; what was written is kept, the rest can be redone."""
+
+
+#: OSError numbers that say the *machine* cannot take more writes (disk full, quota, read-only
+#: file system), not that an input is bad: every later field would fail the same way, so runs
+#: stop instead of quarantining the rest of the plate.
+HALT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def halts_run(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, is a full or read-only file system.
+
+    Examples
+    --------
+    >>> halts_run(OSError(errno.ENOSPC, "No space left on device"))
+    True
+    >>> halts_run(OSError(errno.EIO, "Input/output error"))
+    False
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in HALT_ERRNOS:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -26,7 +26,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from cellflow.errors import RegionError, StoreExistsError
+from cellflow.errors import RegionError, StoreExistsError, halts_run
 from cellflow.metrics import field_extents, select_fields
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen
 
@@ -98,6 +98,9 @@ class TaskResult:
     records: tuple[ChunkRecord, ...] = ()
     rows: tuple[Mapping[str, Any], ...] = ()
     error: str | None = None
+    #: The error is the machine's (disk full, read-only: :data:`HALT_ERRNOS`), not the field's:
+    #: the runner stops, and the unit is left to be redone, not quarantined.
+    halt: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,10 @@ def guarded(stage: str) -> Callable[[_Task], _Task]:
     dependent task and the threaded scheduler would stop the whole run). A task whose
     upstream result carries an error is not run at all (its result says which stage
     failed). ``OSError`` is retried up to :data:`IO_ATTEMPTS` times; other errors are
-    deterministic (bad pixels, a bad model) and quarantine at once. A worker that dies
-    is a different matter: dask retries its tasks elsewhere (``retries`` on compute).
+    deterministic (bad pixels, a bad model) and quarantine at once. A full or read-only
+    file system (:func:`halts_run`) is not retried and marks the result ``halt``: the
+    runner stops rather than quarantine every later field for the same reason. A worker
+    that dies is a different matter: dask retries its tasks elsewhere (``retries`` on compute).
     """
 
     def wrap(task: _Task) -> _Task:
@@ -154,15 +159,16 @@ def guarded(stage: str) -> Callable[[_Task], _Task]:
             key = _field_of(args)
             failed = [a for a in args if isinstance(a, TaskResult) and a.error is not None]
             if failed:
-                return TaskResult(stage=stage, field=key, error=f"not run: {failed[0].stage} failed: {failed[0].error}")
+                return TaskResult(stage=stage, field=key, error=f"not run: {failed[0].stage} failed: {failed[0].error}",
+                                  halt=failed[0].halt)
             for attempt in range(1, IO_ATTEMPTS + 1):
                 try:
                     return task(*args, **kwargs)
-                except OSError as error:
-                    if attempt == IO_ATTEMPTS:
-                        return TaskResult(stage=stage, field=key, error=_describe(error))
                 except Exception as error:  # quarantine: reported with its field, the run goes on
-                    return TaskResult(stage=stage, field=key, error=_describe(error))
+                    halt = halts_run(error)
+                    if isinstance(error, OSError) and not halt and attempt < IO_ATTEMPTS:
+                        continue  # a flaky file system: try again
+                    return TaskResult(stage=stage, field=key, error=_describe(error), halt=halt)
             raise AssertionError("unreachable")
 
         return run  # type: ignore[return-value]
@@ -177,6 +183,7 @@ def merge_results(stage: str, results: Sequence[TaskResult | None]) -> TaskResul
     return TaskResult(
         stage=stage, records=tuple(rec for r in done for rec in r.records),
         rows=tuple(row for r in done for row in r.rows), error="; ".join(errors) if errors else None,
+        halt=any(r.halt for r in done),
     )
 
 

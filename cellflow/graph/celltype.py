@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cellflow._config import check_keys
+from cellflow._files import write_parquet
 from cellflow.errors import RegionError
 from cellflow.graph._stage import StageGraph, TaskResult, available_variables, guarded
 from cellflow.graph.predict import FieldPlan, PredictParams, field_probabilities, plan_fields, plan_tasks
@@ -118,5 +119,5 @@ def celltype_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path,
     tables = {"celltype/cells": cells, "celltype/wells": wells}
     paths = {name: folder / f"{name.split('/')[1]}.parquet" for name in tables}
     for name, frame in tables.items():
-        frame.to_parquet(paths[name], index=False)
+        write_parquet(paths[name], frame)
     return tables, paths

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cellflow._config import check_keys
+from cellflow._files import write_parquet
 from cellflow.errors import RegionError
 from cellflow.graph._stage import StageGraph, TaskResult, available_variables, guarded, per_field_graph
 from cellflow.live.ktr import KTR_METHODS, join_tracks, ktr_ratios
@@ -129,5 +130,5 @@ def ktr_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path,
     paths = {}
     for name, frame in tables.items():
         paths[name] = folder / f"{name.split('/')[1]}.parquet"
-        frame.to_parquet(paths[name], index=False)
+        write_parquet(paths[name], frame)
     return tables, paths

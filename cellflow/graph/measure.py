@@ -33,8 +33,6 @@ content, 4N fraction, histogram) and, with controls, ``zprime.parquet``
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ import pandas as pd
 import zarr
 
 from cellflow._config import check_keys
+from cellflow._files import write_parquet
 from cellflow.errors import RegionError
 from cellflow.graph._stage import StageGraph, TaskResult, per_field_graph
 from cellflow.graph.autolabel import _complete_illumination
@@ -267,12 +266,7 @@ def _plane(screen: Screen, key: FieldKey, plan: _Plan, channel: str, crop: tuple
 
 def _write_part(table: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        table.to_parquet(partial, index=False)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_parquet(path, table)
 
 
 def _summary(table: pd.DataFrame, dna: str | None, exclude_border: bool) -> dict[str, Any]:
@@ -347,7 +341,7 @@ def measure_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, params: Mea
     paths = {}
     for key, table in tables.items():
         paths[key] = folder / f"{key.rsplit('/', 1)[1]}.parquet"
-        table.to_parquet(paths[key], index=False)
+        write_parquet(paths[key], table)
     return tables, paths
 
 

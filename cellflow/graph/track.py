@@ -26,6 +26,7 @@ import pandas as pd
 from dask.delayed import Delayed
 
 from cellflow._config import check_keys
+from cellflow._files import write_parquet
 from cellflow.graph._stage import StageGraph, TaskResult, require_variables, upstream_of
 from cellflow.live import TrackParams, field_summary, lineage_table, track_labels, tracks_frame
 from cellflow.metrics import field_extents, select_fields
@@ -122,6 +123,6 @@ def track_tables(
     for name in _TABLES:
         table = pd.DataFrame([{k: v for k, v in row.items() if k != "table"} for row in rows if row["table"] == name])
         path = folder / f"{name}.parquet"
-        table.to_parquet(path, index=False)
+        write_parquet(path, table)
         tables[f"tracks/{name}"], paths[f"tracks/{name}"] = table, path
     return tables, paths

@@ -23,6 +23,7 @@ import dask
 import pandas as pd
 from dask.delayed import Delayed
 
+from cellflow._files import write_parquet
 from cellflow.errors import RegionError, SchemaError
 from cellflow.metrics._matching import overlaps
 from cellflow.metrics._options import DEFAULT_AREA_BINS, DEFAULT_THRESHOLDS, ScoreOptions
@@ -208,5 +209,5 @@ def write_tables(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     paths = {}
     for level, frame in tables.items():
         paths[level] = out_dir / TABLE_NAMES[level]
-        frame.to_parquet(paths[level], index=False)
+        write_parquet(paths[level], frame)
     return paths

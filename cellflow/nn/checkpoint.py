@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from cellflow._files import write_atomic
 from cellflow.errors import CellflowError
 from cellflow.nn.models import ModelConfig
 from cellflow.nn.normalize import Normalization
@@ -133,9 +134,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metadata": meta,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    write_atomic(path, lambda partial: torch.save(payload, partial))  # a reader never sees half a file
     return file_sha256(path)
 
 

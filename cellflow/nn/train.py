@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from cellflow._config import check_keys
+from cellflow._files import write_text_atomic
 from cellflow.metrics import score_field
 from cellflow.nn._sampler import FieldRef, FieldSampler, as_screens, input_planes, split_fields
 from cellflow.nn.augment import AugmentParams
@@ -471,7 +472,7 @@ def train(
         history, best, initial_f1, sha = _fit(model, sampler, val_sampler, truths, params, device,
                                               checkpoint=checkpoint, metadata=metadata, started=started, log=log)
     best_epoch, best_f1 = best
-    (out / "history.json").write_text(json.dumps([asdict(r) for r in history], indent=1))
+    write_text_atomic(out / "history.json", json.dumps([asdict(r) for r in history], indent=1))
     return TrainResult(
         checkpoint=checkpoint, sha256=sha, history=tuple(history), best_epoch=best_epoch, best_f1=best_f1,
         initial_f1=initial_f1, train_fields=tuple(tuple(r.record) for r in training),

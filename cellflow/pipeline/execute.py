@@ -6,7 +6,11 @@ the fields whose units are not done, chained to the previous stage's graph of th
 same kind. :func:`execute_plans` computes those units in one dask graph and, as they
 finish, on the client (the store's single writer): marks the chunks they wrote in the
 variable ledgers, then appends their ``done`` lines to the stages' task logs, or a
-``failed`` line and quarantines the unit's fields. A unit's failure never stops the others.
+``failed`` line and quarantines the unit's fields. A unit's failure never stops the others,
+except a full or read-only file system (:func:`cellflow.graph._stage.halts_run`), which
+every later unit would hit too: then the run stops (:attr:`Execution.stopped`), the
+units still running are cancelled and, like the one that hit it, left ``pending`` to
+be redone by the next run; nothing is quarantined for it.
 Units that finished while the previous ones were being recorded are recorded together
 (one ledger write per variable, one fsync per stage), so the client keeps up with many
 workers; a kill loses at most the group being written, whose units are redone.
@@ -27,6 +31,8 @@ from dask.callbacks import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cellflow._files import append_lines
+from cellflow.errors import halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.resume import (
     StagePlan,
@@ -135,6 +141,16 @@ class Execution:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     finished_s: dict[str, float] = field(default_factory=dict)
     chunks_written: dict[str, int] = field(default_factory=dict)
+    #: Why the run stopped before every unit finished (disk full, read-only), else None.
+    stopped: str | None = None
+
+
+class _Stop(Exception):
+    """Raised in the threaded scheduler's callback to stop computing (see :attr:`Execution.stopped`)."""
+
+
+def _storage_failure(error: OSError) -> str:
+    return f"{type(error).__name__}: {error} (recording results in the store)"
 
 
 class _Recorder:
@@ -157,8 +173,7 @@ class _Recorder:
 
     def started(self, stage: str, unit: Unit) -> None:
         """Note a unit's start, ``<stage> <unit id>`` (not fsync'ed: only kill-and-resume accounting reads it)."""
-        with open(self.started_path, "a", encoding="utf-8") as handle:
-            handle.write(f"{stage} {unit.id}\n")
+        append_lines(self.started_path, f"{stage} {unit.id}\n")
 
     def record(self, stage: str, unit: Unit, result: Any) -> None:
         """Record one finished unit (see :meth:`record_many`)."""
@@ -173,6 +188,11 @@ class _Recorder:
         the task log, so a kill anywhere leaves no ``done`` unit with unrecorded chunks.
         """
         results = [(stage, unit, _as_result(stage, result)) for stage, unit, result in finished]
+        for stage, unit, result in results:
+            if result.halt and self.execution.stopped is None:
+                where = f"{stage} {unit.id}"
+                self.execution.stopped = f"{result.error} in {where}"
+        results = [(stage, unit, result) for stage, unit, result in results if not result.halt]  # left pending
         by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
         for _, _, result in results:
             if result.error is None:
@@ -251,8 +271,22 @@ def execute_plans(
             return recorder.execution
         if client is None:
             units = {task.key: (stage, unit) for stage, unit, task in pending}
-            with _Completions(units, recorder.record, recorder.started):
-                dask.compute(*[task for _, _, task in pending], scheduler="threads")
+
+            def record(stage: str, unit: Unit, result: Any) -> None:
+                try:
+                    recorder.record(stage, unit, result)
+                except OSError as error:
+                    if not halts_run(error):
+                        raise
+                    recorder.execution.stopped = _storage_failure(error)
+                if recorder.execution.stopped is not None:
+                    raise _Stop(recorder.execution.stopped)
+
+            try:
+                with _Completions(units, record, recorder.started):
+                    dask.compute(*[task for _, _, task in pending], scheduler="threads")
+            except _Stop:
+                pass
             return recorder.execution
         from distributed import as_completed
 
@@ -269,5 +303,13 @@ def execute_plans(
             finished = [(*owner[f.key], result) for f, result in zip(ok, results)]
             # the others: the worker died more often than allowed, an unguarded raise, or cancelled
             finished += [(*owner[f.key], _outcome(f)) for f in batch if f.status != "finished"]
-            recorder.record_many(finished)
+            try:
+                recorder.record_many(finished)
+            except OSError as error:
+                if not halts_run(error):
+                    raise
+                recorder.execution.stopped = _storage_failure(error)
+            if recorder.execution.stopped is not None:
+                client.cancel(futures)  # the rest would hit the same full or read-only disk
+                break
         return recorder.execution

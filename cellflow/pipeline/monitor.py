@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import html
 import json
-import os
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cellflow._files import write_text_atomic
 from cellflow.graph import TaskResult
 from cellflow.pipeline.resume import Unit
 from cellflow.screen.layout import well_position
 from cellflow.screen.store import Screen
 
 __all__ = ["COUNT_COLUMNS", "PlateView"]
+
+_log = logging.getLogger(__name__)
 
 #: Row columns summed into a well's running object counts.
 COUNT_COLUMNS = ("nuclei", "cells", "objects", "n_objects")
@@ -65,6 +68,7 @@ class PlateView:
             for unit, result in stage.plan.skipped:
                 self._add(stage.name, unit, result, skipped=True)
         self._written = 0.0
+        self.write_error: str | None = None  # the first failure to write the view, if any
         self._write()
 
     def _add(self, stage: str, unit: Unit, result: TaskResult, *, skipped: bool = False) -> None:
@@ -103,16 +107,18 @@ class PlateView:
                 "stages": self.stage_counts, "wells": wells}
 
     def _write(self, *, final: bool = False) -> None:
+        """Rewrite the files; a view that cannot be written (disk full) never stops the run it watches."""
         snapshot = self.snapshot()
-        _atomic_write(self.json_path, json.dumps(snapshot, indent=1))
-        _atomic_write(self.html_path, _page(snapshot, refresh=not final))
+        try:
+            write_text_atomic(self.json_path, json.dumps(snapshot, indent=1))
+            write_text_atomic(self.html_path, _page(snapshot, refresh=not final))
+        except OSError as error:
+            if self.write_error is None:
+                _log.warning("plate view %s not updated: %s", self.html_path, error)
+            self.write_error = f"{type(error).__name__}: {error}"
         self._written = time.monotonic()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _colour(well: dict[str, Any]) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from cellflow._files import append_lines
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.screen.layout import DIMS_FIELD
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen, _dims, chunk_digest
@@ -122,10 +122,7 @@ class TaskLog:
         if not lines:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_lines(self.path, lines, sync=True)
 
 
 _LINE_START = '{"unit": "'

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -36,7 +35,8 @@ from dask.callbacks import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cellflow.errors import SpecError, StoreExistsError
+from cellflow._files import append_lines, write_text_atomic
+from cellflow.errors import SpecError, StorageFullError, StoreExistsError, halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen.store import ChunkRecord, Screen
@@ -360,9 +360,14 @@ def run_spec(
             )
             seconds["compute"] = time.perf_counter() - start
             view.finish()
-        tables, paths = _tables(spec, execution.results, out_dir)
+        if execution.stopped is None:  # a stopped run's tables would be partial (and its disk is full)
+            tables, paths = _tables(spec, execution.results, out_dir)
     except Exception as error:  # the run broke: say so in run.json, then let the caller see it
         failure = f"{type(error).__name__}: {error}"
+        if halts_run(error):  # e.g. the tables' disk filled up after the units were done and recorded
+            raise StorageFullError(
+                f"{failure}; the units recorded done are kept in {spec.input.store}; free space and run `cellflow "
+                f"run {spec_path or 'SPEC'}` again: it skips what is done") from error
         raise
     finally:
         seconds["total"] = time.perf_counter() - begin
@@ -375,10 +380,14 @@ def run_spec(
             tasks={s.name: len(s.plan.units) for s in planned},
             chunks_recorded=dict(execution.chunks_written), seconds=seconds, dashboard=dashboard,
             status=status, quarantined=(*bad_files, *(q.to_dict() for q in execution.quarantined)),
-            stages=_stage_summary(planned, execution), error=failure,
+            stages=_stage_summary(planned, execution),
+            error=failure if failure is not None else _stopped_message(execution, planned, spec_path),
         )
         if screen is not None or failure is not None:
-            _write_summary(spec, result, started=started, spec_path=spec_path)
+            try:
+                _write_summary(spec, result, started=started, spec_path=spec_path)
+            except OSError as error:  # (a full disk) the run's results and status stand; say what is missing
+                console.print(f"[yellow]run summary not written[/yellow]: {type(error).__name__}: {error}")
     return result
 
 
@@ -408,8 +417,19 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _stopped_message(execution: Any, planned: Sequence[Any], spec_path: str | Path | None) -> str | None:
+    """What to tell the user when the run stopped on a full or read-only disk (None if it did not)."""
+    if execution.stopped is None:
+        return None
+    done = sum(c["done"] + c["skipped"] for c in execution.counts.values())
+    total = sum(len(s.plan.units) for s in planned)
+    return (f"stopped: the file system cannot take more writes: {execution.stopped}. {done} of {total} units are "
+            f"done and kept; free space (or make it writable) and run `cellflow run {spec_path or 'SPEC'}` again: "
+            "it skips what is done and redoes the rest")
+
+
 def _status(execution: Any, failure: str | None) -> str:
-    if failure is not None:
+    if failure is not None or execution.stopped is not None:
         return "failed"
     if any(c["units"] and not (c["done"] or c["skipped"]) for c in execution.counts.values()):
         return "failed"  # a stage produced nothing at all
@@ -492,14 +512,11 @@ def _write_summary(spec: PipelineSpec, result: RunResult, *, started: str, spec_
         "illumination": screen is not None and "illumination" in screen.variables,
     }
     path = out / "run.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(summary, indent=2, default=str))
     if screen is not None:  # the screen's list of runs (its report lists them)
         line = {"run_id": summary["run_id"], "spec": spec.name, "status": result.status,
                 "exit_code": summary["exit_code"], "started": started, "finished": summary["finished"],
                 "quarantined": len(result.quarantined), "tables": str(out.resolve())}
         runs = Path(screen.path) / "_cellflow" / "runs.jsonl"
-        with open(runs, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
+        append_lines(runs, json.dumps(line) + "\n")
     return path

@@ -26,7 +26,8 @@ import tifffile
 from dask.base import tokenize
 from rich.console import Console
 
-from cellflow.errors import IngestError, StoreExistsError
+from cellflow._files import write_atomic
+from cellflow.errors import IngestError, StorageFullError, StoreExistsError, halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.graph._stage import field_tasks
 from cellflow.pipeline.lock import command_line, store_lock
@@ -91,16 +92,26 @@ def _planned_outputs(folder: Path, output: Path, overwrite: bool, export: TiffEx
         )
 
 
-def _write_tiff(screen: Screen, variable: str, key: FieldKey, extent: tuple[int, int], path: Path) -> int:
-    """Write one field's ``variable`` cropped to its extent; the object count (labels) or the classes."""
+def _write_tiff(screen: Screen, variable: str, key: FieldKey, extent: tuple[int, int], path: Path) -> int | str:
+    """Write one field's ``variable`` cropped to its extent; the object count (labels) or the classes.
+
+    A full or read-only disk is returned as its message (the client says it once), not raised.
+    """
     data = screen.read(variable, **key._asdict())[..., : extent[0], : extent[1]]
-    if variable.startswith("labels_"):
-        tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.uint32), compression="zlib")
-        return int(np.unique(data[data > 0]).size)
-    # one grey page per class (never RGB, whatever the number of classes)
-    tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.float32), photometric="minisblack",
-                     compression="zlib")
-    return int(data.shape[0])
+    try:
+        if variable.startswith("labels_"):
+            labels = np.ascontiguousarray(data, dtype=np.uint32)
+            write_atomic(path, lambda partial: tifffile.imwrite(partial, labels, compression="zlib"))
+            return int(np.unique(data[data > 0]).size)
+        # one grey page per class (never RGB, whatever the number of classes)
+        probabilities = np.ascontiguousarray(data, dtype=np.float32)
+        write_atomic(path, lambda partial: tifffile.imwrite(partial, probabilities, photometric="minisblack",
+                                                            compression="zlib"))
+        return int(data.shape[0])
+    except OSError as error:
+        if not halts_run(error):
+            raise
+        return f"{type(error).__name__}: {error}"
 
 
 def segment(
@@ -227,6 +238,13 @@ def run_on_images(
         graphs = build_graphs(screen, spec, before_create=refuse_replacing, replace=overwrite)
         results = execute_graphs(graphs, client, console, progress)
         record_chunks(screen, results)
+        halted = next((r for r in results if r.halt), None)
+        if halted is not None:  # every field would fail the same way: not the images' fault
+            raise StorageFullError(
+                f"{halted.error}: {store} cannot take more writes. " + (
+                    "The fields done are in it; free space and run again with --overwrite" if as_store else
+                    f"No label file was written to {out_dir}; free space (or give --keep-store DIR on a disk "
+                    "with room for the work store) and run again"))
         # A field whose task failed (a blank or NaN image, a bug) is reported with its file and
         # gets no output file: an empty label image would read as "no nuclei here".
         errors = _first_errors(results)
@@ -279,4 +297,9 @@ def _export_tiffs(
         key: (screen, export.variable, key, sizes[key], path) for key, path in zip(keys, files)
     }, None)
     found = dask.compute(*tasks.values(), scheduler="threads" if client is None else client)
+    full = [n for n in found if isinstance(n, str)]
+    if full:
+        raise StorageFullError(
+            f"{full[0]}: {len(files) - len(full)} of {len(files)} {export.kind} files were written to {out_dir} "
+            "(each one whole), the others not; free space and run again with --overwrite")
     return files, {names[key]: int(n) for key, n in zip(keys, found)}

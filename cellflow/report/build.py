@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cellflow._files import write_text_atomic
 from cellflow.errors import CellflowError
 from cellflow.report import plots
 from cellflow.report.html import FigureView, Section, TableView, render_report, table_view
@@ -474,5 +475,5 @@ def build_report(
                          sections=sections, generator=__version__)
     target = (store_dir or run_dir) / "report.html" if out is None else Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
+    write_text_atomic(target, page)
     return target

@@ -72,3 +72,35 @@ def test_a_task_waits_for_its_own_fields_upstream_only():
     for key in keys:
         deps = {d for d in dask.core.get_dependencies(graph, down[key].key)}
         assert deps == {up[key].key}
+
+
+def test_a_full_disk_halts_at_once_and_marks_everything_downstream():
+    import errno
+
+    from cellflow.graph._stage import TaskResult, guarded, merge_results
+
+    tries: list[int] = []
+
+    @guarded("write")
+    def write(key, *upstream):
+        tries.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    @guarded("score")
+    def score(key, *upstream):
+        return TaskResult(stage="score", field=key)
+
+    key = FieldKey("P", "A01", 0, 0.0)
+    first = write(key)
+    assert first.halt and "No space left" in first.error and len(tries) == 1  # not retried
+    after = score(key, first)
+    assert after.halt and after.error.startswith("not run: write failed")
+    assert merge_results("both", [after, TaskResult(stage="score", field=key)]).halt
+
+    @guarded("flaky")
+    def flaky(key):
+        tries.append(2)
+        raise OSError(errno.EIO, "Input/output error")
+
+    result = flaky(key)
+    assert not result.halt and tries.count(2) == 3  # an I/O error is retried, then the field quarantined
