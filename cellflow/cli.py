@@ -9,18 +9,20 @@ a traceback at a user for a mistake in their input or a full disk.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cellflow.errors import CellflowError, StorageFullError, halts_run
+from cellflow.errors import CellflowError, StorageFullError, Terminated, halts_run
 
 __all__ = ["app", "main"]
 
@@ -474,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     input or usage (one clear line, no traceback). 3: finished, but some inputs were bad and
     are listed.
     """
+    previous = _terminate_as_interrupt()
     try:
         app(args=argv, prog_name="cellflow")
     except SystemExit as done:  # click ends every run, usage errors included, with SystemExit
@@ -493,7 +496,28 @@ def main(argv: list[str] | None = None) -> int:
                       "is full or read-only; free space (or choose a writable place) and run the command again",
                       highlight=False, soft_wrap=True)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM raise :class:`~cellflow.errors.Terminated` in the main thread; the previous handler.
+
+    Kubernetes (pod eviction, a CronJob's deadline) and batch schedulers stop a job with
+    SIGTERM, which by default ends Python at once: no ``run.json``, a plate view that keeps
+    saying "running", worker processes torn down mid-write. Raised as an interrupt instead,
+    it ends the run as Ctrl-C does (finished units recorded, status ``interrupted``, exit
+    130). None where no handler can be installed (not the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signal.Signals(signum).name}")
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

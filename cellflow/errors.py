@@ -21,6 +21,7 @@ __all__ = [
     "StorageFullError",
     "StoreBusyError",
     "StoreExistsError",
+    "Terminated",
     "halts_run",
 ]
 
@@ -59,6 +60,16 @@ class StoreBusyError(CellflowError, RuntimeError):
 
 class StorageFullError(CellflowError, OSError):
     """The disk cellflow writes to is full or read-only; what was written is kept, the rest can be redone."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: a Kubernetes eviction, a batch scheduler's time limit).
+
+    Raised in the main thread by the handler the command line installs
+    (:func:`cellflow.cli.main`), so a terminated run ends as an interrupted one does (Ctrl-C):
+    finished units kept and recorded, ``run.json`` saying ``interrupted``, the cluster shut
+    down, instead of dying without a word.
+    """
 
 
 #: OSError numbers that say the *machine* cannot take more writes (disk full, quota, read-only

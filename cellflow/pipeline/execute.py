@@ -157,10 +157,10 @@ class _Recorder:
     """Client-side bookkeeping of finished units (the store's single writer)."""
 
     def __init__(self, screen: Screen, stages: Sequence[PlannedStage], advance: Callable[[str], None],
-                 on_unit: Callable[[str, Unit, TaskResult], None] | None) -> None:
+                 on_unit: Callable[[str, Unit, TaskResult], None] | None, execution: Execution | None = None) -> None:
         self.screen = screen
         self.logs = {s.name: TaskLog(screen, s.name) for s in stages}
-        self.execution = Execution()
+        self.execution = Execution() if execution is None else execution
         self.advance = advance
         self.on_unit = on_unit
         self.start = time.perf_counter()
@@ -249,8 +249,13 @@ def execute_plans(
     show: bool = True,
     retries: int = 2,
     on_unit: Callable[[str, Unit, TaskResult], None] | None = None,
+    execution: Execution | None = None,
 ) -> Execution:
     """Compute every stage's pending units in one graph, recording each as it finishes.
+
+    ``execution``: an :class:`Execution` to fill in (and return) as units finish, so that a
+    caller interrupted mid-run (Ctrl-C, :class:`~cellflow.errors.Terminated`) still knows
+    what was done.
 
     ``client`` None runs on the threaded scheduler. ``retries``: how often the distributed
     scheduler re-runs a unit whose worker died (a task that raises is quarantined by the
@@ -266,7 +271,7 @@ def execute_plans(
         bars = {s.name: progress.add_task(
             f"{s.name}" + (f" ({len(s.plan.skipped)} done before)" if s.plan.skipped else ""),
             total=len(s.plan.units), completed=len(s.plan.skipped)) for s in stages}
-        recorder = _Recorder(screen, stages, lambda stage: progress.advance(bars[stage]), on_unit)
+        recorder = _Recorder(screen, stages, lambda stage: progress.advance(bars[stage]), on_unit, execution)
         if not pending:
             return recorder.execution
         if client is None:

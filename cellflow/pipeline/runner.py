@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cellflow._files import append_lines, write_text_atomic
-from cellflow.errors import SpecError, StorageFullError, StoreExistsError, halts_run
+from cellflow.errors import SpecError, StorageFullError, StoreExistsError, Terminated, halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen.store import ChunkRecord, Screen
@@ -55,7 +55,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run did. ``status``: ``'ok'``, ``'quarantined'`` or ``'failed'`` (:data:`EXIT_CODES`)."""
+    """What a run did. ``status``: 'ok', 'quarantined', 'failed' or 'interrupted' (:data:`EXIT_CODES`)."""
 
     screen: Screen
     tables: dict[str, pd.DataFrame]
@@ -298,7 +298,14 @@ def run_spec(
     -------
     RunResult
         ``status`` is ``'ok'``, ``'quarantined'`` (some fields failed; see
-        ``quarantined``) or ``'failed'`` (a stage produced nothing, or the run broke).
+        ``quarantined``) or ``'failed'`` (a stage produced nothing, the disk filled up,
+        or the run broke).
+
+    Raises
+    ------
+    KeyboardInterrupt
+        Ctrl-C, or :class:`~cellflow.errors.Terminated` (SIGTERM), after the units that
+        finished are recorded, ``run.json`` says ``interrupted`` and the cluster is shut down.
     """
     from cellflow.pipeline.execute import Execution, execute_plans, plan_graphs
     from cellflow.pipeline.lock import store_lock
@@ -313,6 +320,8 @@ def run_spec(
     planned: list[Any] = []
     dashboard = None
     failure: str | None = None
+    interrupted: str | None = None
+    view: Any = None
     tables: dict[str, pd.DataFrame] = {}
     paths: dict[str, Path] = {}
     out_dir = Path(spec.output.tables)
@@ -354,14 +363,19 @@ def run_spec(
             view = PlateView(screen, planned, out_dir, dashboard=dashboard)
             console.print(f"plate view: {view.html_path}")
             start = time.perf_counter()
-            execution = execute_plans(
+            execute_plans(
                 screen, planned, client, console, show=progress, retries=int(getattr(spec.cluster, "retries", 2)),
-                on_unit=view.update,
+                on_unit=view.update, execution=execution,
             )
             seconds["compute"] = time.perf_counter() - start
             view.finish()
         if execution.stopped is None:  # a stopped run's tables would be partial (and its disk is full)
             tables, paths = _tables(spec, execution.results, out_dir)
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (Terminated): what finished is recorded and kept
+        interrupted = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted (Ctrl-C)"
+        if view is not None:
+            view.finish()  # the plate view stops refreshing
+        raise
     except Exception as error:  # the run broke: say so in run.json, then let the caller see it
         failure = f"{type(error).__name__}: {error}"
         if halts_run(error):  # e.g. the tables' disk filled up after the units were done and recorded
@@ -372,7 +386,7 @@ def run_spec(
     finally:
         seconds["total"] = time.perf_counter() - begin
         bad_files = ingest_failures(screen) if screen is not None else []
-        status = _status(execution, failure)
+        status = "interrupted" if interrupted else _status(execution, failure)
         if status == "ok" and bad_files:
             status = "quarantined"
         result = RunResult(
@@ -381,8 +395,10 @@ def run_spec(
             chunks_recorded=dict(execution.chunks_written), seconds=seconds, dashboard=dashboard,
             status=status, quarantined=(*bad_files, *(q.to_dict() for q in execution.quarantined)),
             stages=_stage_summary(planned, execution),
-            error=failure if failure is not None else _stopped_message(execution, planned, spec_path),
+            error=failure if failure is not None else _stopped_message(execution, planned, spec_path, interrupted),
         )
+        if interrupted:
+            console.print(f"[yellow]{result.error}[/yellow]", highlight=False)
         if screen is not None or failure is not None:
             try:
                 _write_summary(spec, result, started=started, spec_path=spec_path)
@@ -417,15 +433,18 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _stopped_message(execution: Any, planned: Sequence[Any], spec_path: str | Path | None) -> str | None:
-    """What to tell the user when the run stopped on a full or read-only disk (None if it did not)."""
-    if execution.stopped is None:
+def _stopped_message(execution: Any, planned: Sequence[Any], spec_path: str | Path | None,
+                     interrupted: str | None = None) -> str | None:
+    """What to tell the user when the run stopped early (a full or read-only disk, Ctrl-C, SIGTERM), else None."""
+    if execution.stopped is None and interrupted is None:
         return None
     done = sum(c["done"] + c["skipped"] for c in execution.counts.values())
     total = sum(len(s.plan.units) for s in planned)
+    rerun = f"run `cellflow run {spec_path or 'SPEC'}` again: it skips what is done and redoes the rest"
+    if interrupted is not None:
+        return f"{interrupted}: {done} of {total} units are done and kept; {rerun}"
     return (f"stopped: the file system cannot take more writes: {execution.stopped}. {done} of {total} units are "
-            f"done and kept; free space (or make it writable) and run `cellflow run {spec_path or 'SPEC'}` again: "
-            "it skips what is done and redoes the rest")
+            f"done and kept; free space (or make it writable) and {rerun}")
 
 
 def _status(execution: Any, failure: str | None) -> str:
@@ -436,8 +455,8 @@ def _status(execution: Any, failure: str | None) -> str:
     return "quarantined" if execution.quarantined else "ok"
 
 
-#: ``cellflow run`` exit status per run status.
-EXIT_CODES: dict[str, int] = {"ok": 0, "quarantined": 3, "failed": 1}
+#: ``cellflow run`` exit status per run status (130: stopped by Ctrl-C or SIGTERM, as shells report Ctrl-C).
+EXIT_CODES: dict[str, int] = {"ok": 0, "quarantined": 3, "failed": 1, "interrupted": 130}
 
 
 def _stage_summary(planned: Sequence[Any], execution: Any) -> dict[str, dict[str, Any]]:

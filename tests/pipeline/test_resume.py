@@ -122,6 +122,10 @@ def test_an_interrupted_run_keeps_every_unit_that_finished(tmp_path, monkeypatch
     recorded = {(stage, unit) for stage in ("autolabel", "score")
                 for unit, entry in TaskLog(screen, stage).load().items() if entry["status"] == "done"}
     assert recorded == set(finished)
+    summary = json.loads((tmp_path / "tables" / "run.json").read_text())  # says so, with what was done
+    assert summary["status"] == "interrupted" and summary["exit_code"] == 130
+    assert "interrupted (Ctrl-C): 3 of 8 units are done" in summary["error"]
+    assert sum(s["done"] for s in summary["stages"].values()) == 3
     resumed = run_spec(spec, progress=False)
     assert sum(s["skipped"] for s in resumed.stages.values()) == 3
     assert sum(s["done"] for s in resumed.stages.values()) == 8 - 3
