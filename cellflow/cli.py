@@ -328,6 +328,9 @@ def ingest(
     rgb: Annotated[str | None, typer.Option(help="Reduce RGB files: mean, luminance, max, red, green, blue")] = None,
     pixel_size_um: Annotated[float, typer.Option(help="Pixel edge in micrometres")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing cellflow store")] = False,
+    update: Annotated[
+        bool, typer.Option(help="Add the files of fields an existing store (same folder and pattern) lacks")
+    ] = False,
     scheduler: Scheduler = None,
 ) -> None:
     """Import images into a screen store; bad files are reported, the rest ingest."""
@@ -358,7 +361,8 @@ def ingest(
             else:
                 fp = FilenamePattern(pattern, channel_names=names, rgb=rgb)
             report = ingest_folder(
-                source, out, pattern=fp, overwrite=overwrite, scheduler=sched, pixel_size_um=pixel_size_um
+                source, out, pattern=fp, overwrite=overwrite, update=update, scheduler=sched,
+                pixel_size_um=pixel_size_um,
             )
     console.print(report.summary(), soft_wrap=True, highlight=False)
     if report.failed:

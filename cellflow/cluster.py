@@ -21,6 +21,7 @@ import importlib
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +35,39 @@ if TYPE_CHECKING:
     from cellflow.pipeline.spec import ClusterSpec
 
 __all__ = [
-    "LOCAL_SCHEDULERS", "WORKER_MALLOC_ENV", "cluster_client", "scheduler_context", "with_overrides", "worker_environ",
+    "LOCAL_SCHEDULERS", "WORKER_MALLOC_ENV", "cluster_client", "compute", "scheduler_context", "with_overrides",
+    "worker_environ",
 ]
 
 #: Scheduler names dask understands without a cluster.
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
+
+
+def compute(*tasks: Any, scheduler: Any = None, **kwargs: Any) -> tuple[Any, ...]:
+    """``dask.compute`` that never leaves threads of this process still running tasks when it returns.
+
+    On dask's threaded scheduler a task that raises (or a callback that stops the
+    computation: Ctrl-C, a full disk) makes ``dask.compute`` raise at once while the
+    pool's other threads go on running the tasks they started — writing chunks into a
+    store that the caller may already be deleting, re-creating or computing again. Here
+    the threaded scheduler runs on a pool of its own that is shut down, waiting for the
+    tasks in flight (at most one per thread), before this returns or raises. Other
+    schedulers (a distributed ``Client``, ``'sync'``, processes) are passed through.
+    """
+    import dask.threaded
+    from dask.base import get_scheduler
+    from dask.system import CPU_COUNT
+
+    chosen = get_scheduler(scheduler=scheduler, collections=list(tasks))
+    if chosen is None and tasks:
+        chosen = getattr(tasks[0], "__dask_scheduler__", None)
+    if chosen is not dask.threaded.get:
+        return dask.compute(*tasks, scheduler=scheduler, **kwargs)
+    pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT, thread_name_prefix="cellflow")
+    try:
+        return dask.compute(*tasks, scheduler="threads", pool=pool, **kwargs)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

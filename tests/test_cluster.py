@@ -255,3 +255,33 @@ def test_a_malloc_setting_someone_chose_is_kept():
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 20}):
         chosen = worker_environ()
     assert chosen["MALLOC_TRIM_THRESHOLD_"] == 1 << 20 and "MALLOC_MMAP_THRESHOLD_" not in chosen
+
+
+def test_compute_returns_only_after_every_started_task_ended():
+    """A raising task must not leave another one writing after compute() has given up (threaded scheduler)."""
+    import threading
+    import time
+
+    from cellflow.cluster import compute
+
+    started, ended = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        time.sleep(0.5)
+        ended.set()
+        return 1
+
+    def fail():
+        started.wait(5)  # the slow one is running when this raises
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError):
+        compute(dask.delayed(slow)(), dask.delayed(fail)(), scheduler="threads")
+    assert ended.is_set()
+    started.clear(), ended.clear()
+    with pytest.raises(OSError):  # plain dask.compute gives up at once: the reason for compute()
+        dask.compute(dask.delayed(slow)(), dask.delayed(fail)(), scheduler="threads")
+    assert not ended.is_set()
+    ended.wait(5)
+    assert compute(dask.delayed(slow)(), scheduler="sync") == (1,)

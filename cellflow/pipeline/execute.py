@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 from dask.callbacks import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cellflow._files import append_lines
+from cellflow.cluster import compute
 from cellflow.errors import halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.resume import (
@@ -289,7 +289,7 @@ def execute_plans(
 
             try:
                 with _Completions(units, record, recorder.started):
-                    dask.compute(*[task for _, _, task in pending], scheduler="threads")
+                    compute(*[task for _, _, task in pending], scheduler="threads")
             except _Stop:
                 pass
             return recorder.execution

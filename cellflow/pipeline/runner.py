@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import dask
 import pandas as pd
 import zarr
 from dask.callbacks import Callback
@@ -36,6 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cellflow._files import append_lines, write_text_atomic
+from cellflow.cluster import compute
 from cellflow.errors import SpecError, StorageFullError, StoreExistsError, Terminated, halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
@@ -85,6 +85,8 @@ def prepare_input(spec: InputSpec, *, scheduler: Any = None) -> Screen:
     """
     store = Path(spec.store)
     if store.exists() and spec.reuse:
+        if spec.folder is not None and spec.add_new_files:
+            return _add_new_files(spec, store, scheduler)
         return Screen.open(store)
     if store.exists():
         _check_replaceable(store, spec)
@@ -107,6 +109,22 @@ def ingest_failures(screen: Screen) -> list[dict[str, Any]]:
     failed = json.loads(path.read_text()).get("failed", [])
     return [{"stage": "ingest", "plate": None, "well": None, "site": None, "t": None, "field": file,
              "error": reason} for file, reason in failed]
+
+
+def _add_new_files(spec: InputSpec, store: Path, scheduler: Any) -> Screen:
+    """Ingest what the acquisition added to the spec's folder since the store was made (``add_new_files``)."""
+    from cellflow.screen.ingest import ingest
+
+    assert spec.folder is not None and spec.pattern is not None  # InputSpec guarantees both
+    report = ingest(spec.folder, store, pattern=spec.pattern, update=True, scheduler=scheduler)
+    _save_ingest_report(store, report)  # the bad files now: fixed ones drop out, still bad ones stay
+    return Screen.open(store)
+
+
+def _save_ingest_report(store: Path, report: Any) -> None:
+    """Keep an ingest's bad files with the store: every later run (and its report) lists them."""
+    write_text_atomic(store / INGEST_REPORT, json.dumps(
+        {"failed": [list(f) for f in report.failed], "notes": list(report.notes)}, indent=1))
 
 
 def _source_fingerprint(spec: InputSpec) -> str:
@@ -152,9 +170,7 @@ def _create_input(spec: InputSpec, store: Path, scheduler: Any) -> Screen:
         else:
             assert spec.folder is not None and spec.pattern is not None  # InputSpec guarantees both
             report = ingest(spec.folder, store, pattern=spec.pattern, overwrite=store.exists(), scheduler=scheduler)
-        # kept with the store: every later run (and its report) lists the files that could not be read
-        (store / INGEST_REPORT).write_text(json.dumps(
-            {"failed": [list(f) for f in report.failed], "notes": list(report.notes)}, indent=1))
+        _save_ingest_report(store, report)
         return Screen.open(store)
     raise SpecError(f"input.store {store} does not exist and the spec names no synthetic/nuclei_pairs/folder source")
 
@@ -218,7 +234,7 @@ def execute_graphs(graphs: Sequence[StageGraph], client: Any, console: Console, 
 
         if client is None:
             with _StageProgress(stage_of, advance):
-                return list(dask.compute(*tasks, scheduler="threads"))
+                return list(compute(*tasks, scheduler="threads"))
         from distributed import as_completed
 
         futures = client.compute(tasks)

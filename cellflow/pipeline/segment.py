@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import tifffile
 from dask.base import tokenize
 from rich.console import Console
 
 from cellflow._files import write_atomic
+from cellflow.cluster import compute
 from cellflow.errors import IngestError, StorageFullError, StoreExistsError, halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.graph._stage import field_tasks
@@ -296,7 +296,7 @@ def _export_tiffs(
     tasks = field_tasks("export", token, _write_tiff, {
         key: (screen, export.variable, key, sizes[key], path) for key, path in zip(keys, files)
     }, None)
-    found = dask.compute(*tasks.values(), scheduler="threads" if client is None else client)
+    found = compute(*tasks.values(), scheduler="threads" if client is None else client)
     full = [n for n in found if isinstance(n, str)]
     if full:
         raise StorageFullError(

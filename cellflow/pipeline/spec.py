@@ -50,6 +50,9 @@ class InputSpec(_Strict):
     folder: Path | None = Field(default=None, description="a folder of TIFF/PNG to ingest")
     pattern: str | None = Field(default=None, description="filename template or built-in name for `folder`")
     reuse: bool = Field(default=True, description="use an existing store instead of re-creating it")
+    add_new_files: bool = Field(
+        default=True, description="with `folder` and `reuse`: ingest the files of fields the store has not acquired "
+        "yet (new plates, wells, sites, later time points; files that were bad before) before each run")
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:

@@ -10,14 +10,17 @@ contract: bookkeeping has one writer, after the data writes returned).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import dask
 import numpy as np
 
+from cellflow.cluster import compute
+from cellflow.errors import IngestError
 from cellflow.screen._ingest_pattern import FilenamePattern
-from cellflow.screen._ingest_read import BadFile, PlaneSpec, read_checked
+from cellflow.screen._ingest_read import BadFile, ImageHeader, PlaneSpec, read_checked
 from cellflow.screen._ingest_report import IngestReport
 from cellflow.screen._ingest_table import FileTable, first_header, scan
 from cellflow.screen.layout import MAX_TILE, ScreenLayout
@@ -70,7 +73,7 @@ def _ingest_field(
 
 def run_fields(tasks: Sequence[Any], scheduler: Any) -> list[FieldResult]:
     """Compute delayed field tasks with ``scheduler`` (None: dask's default or the active Client)."""
-    return list(dask.compute(*tasks, scheduler=scheduler)) if tasks else []
+    return list(compute(*tasks, scheduler=scheduler)) if tasks else []
 
 
 def finish(
@@ -98,11 +101,12 @@ def ingest(
     *,
     pattern: FilenamePattern | str,
     overwrite: bool = False,
+    update: bool = False,
     scheduler: Any = None,
     pixel_size_um: float = 1.0,
     tile_yx: tuple[int, int] = (MAX_TILE, MAX_TILE),
 ) -> IngestReport:
-    """Ingest a folder of TIFF/PNG files into a new screen store, in parallel.
+    """Ingest a folder of TIFF/PNG files into a new screen store (or add new files to one), in parallel.
 
     Parameters
     ----------
@@ -115,6 +119,13 @@ def ingest(
         ``'imagexpress'``, ``'cellflow'``) or a brace template.
     overwrite : bool
         Replace an existing cellflow store at ``store_path`` (never anything else).
+    update : bool
+        When ``store_path`` exists (made by an ingest of this folder with this pattern):
+        add the files of fields it has not acquired yet instead of refusing — the plates,
+        wells, sites and later time points an acquisition added since (the store grows,
+        :meth:`Screen.extend`), and fields whose files were bad before. Fields already
+        acquired are not read again; nothing in the store is replaced. A file that does
+        not fit the store (another size, dtype, channel or z plane) is reported as bad.
     scheduler : optional
         Anything ``dask.compute`` accepts: None (dask's default, or the active
         ``distributed.Client``), ``'threads'``, ``'sync'``, a ``Client``...
@@ -142,7 +153,11 @@ def ingest(
     readable file; the store dtype is uint8 for 8-bit files, uint16 for other integers
     and float32 for floats. Without a z field a file's pages are its z planes.
     """
+    if update and overwrite:
+        raise IngestError("give update (add new files to the store) or overwrite (replace the store), not both")
     table = scan(folder, pattern)
+    if update and Path(store_path).exists():
+        return _add_new_fields(Screen.open(store_path), table, scheduler)
     header = first_header(table)
     spec = table.plane_spec(header)
     layout = ScreenLayout(
@@ -157,6 +172,52 @@ def ingest(
     ]
     return finish(screen, run_fields(tasks, scheduler), variables=["images"], n_files=len(table),
                   skipped=table.skipped)
+
+
+def _add_new_fields(screen: Screen, table: FileTable, scheduler: Any) -> IngestReport:
+    """The ``update`` ingest: grow ``screen`` by the table's new coordinates, ingest its unacquired fields."""
+    layout = screen.layout
+    made_with = dict(layout.attrs).get("ingest_pattern")
+    if made_with != table.pattern.to_dict():
+        raise IngestError(
+            f"{screen.path} was not made by an ingest with this pattern ({made_with or 'no folder ingest'} vs "
+            f"{table.pattern.to_dict()}); only new files of the same naming can be added to it")
+    files = table.files
+    z_values = files["z"] if not table.z_from_pages else None
+    misfits: list[tuple[str, str]] = []
+    fits = files["channel"].isin(layout.channels)
+    for path, channel in zip(files["path"][~fits], files["channel"][~fits]):
+        misfits.append((str(path), f"channel {channel!r} is not one of the store's channels {list(layout.channels)}"))
+    if z_values is not None:
+        z_fits = z_values.isin(layout.z_um)
+        for path, z in zip(files["path"][fits & ~z_fits], z_values[fits & ~z_fits]):
+            misfits.append((str(path), f"z {z:g} um is not one of the store's planes {list(layout.z_um)}"))
+        fits &= z_fits
+    last_t = max(layout.t_min)
+    early = fits & ~files["t"].isin(layout.t_min) & (files["t"] <= last_t)
+    for path, t in zip(files["path"][early], files["t"][early]):
+        misfits.append((str(path), f"time point {t:g} min is new but not after the store's last ({last_t:g} min): "
+                                   "a time-lapse store only grows forward in time"))
+    fits &= ~early
+    kept = replace(table, files=files[fits].reset_index(drop=True))
+    coordinates = kept.coordinates(ImageHeader("", len(layout.z_um), layout.shape_yx, np.dtype(layout.dtype), 1))
+    screen = screen.extend(plates=coordinates["plates"], wells=coordinates["wells"], sites=coordinates["sites"],
+                           t_min=coordinates["t_min"])
+    spec = PlaneSpec(n_planes=len(layout.z_um) if table.z_from_pages else 1, shape_yx=layout.shape_yx,
+                     dtype=np.dtype(layout.dtype), rgb=table.pattern.rgb, reference=f"the store {screen.path}")
+    acquired = set(screen.fields())
+    plan = [item for item in _field_plan(kept, screen.layout) if item[0] not in acquired]
+    tasks = [dask.delayed(_ingest_field, pure=True)(screen, field, planes, spec, shape_cz)
+             for field, planes, shape_cz in plan]
+    new_files = sum(len(planes) for _, planes, _ in plan)
+    note = (f"update: {len(acquired)} fields were already in the store (not read again); "
+            f"{len(plan)} new or not yet acquired fields from {new_files} files")
+    report = finish(screen, run_fields(tasks, scheduler), variables=["images"], n_files=new_files,
+                    skipped=table.skipped, notes=(note,))
+    if misfits:
+        report = replace(report, failed=(*report.failed, *misfits))
+        report.save()
+    return report
 
 
 def _field_plan(

@@ -42,6 +42,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from cellflow.cluster import compute
 from cellflow.errors import StoreExistsError
 from cellflow.screen._ome_read import (
     LABEL_PREFIXES,
@@ -400,7 +401,7 @@ def import_ome_zarr(
                     key = (plate.layout.plates[0], image.well, image.site, t)
                     tasks.append(dask.delayed(_import_plane)(screen, key, image, i))
                     fields.append(key)
-    records = [r for batch in dask.compute(*tasks, scheduler=scheduler) for r in batch]
+    records = [r for batch in compute(*tasks, scheduler=scheduler) for r in batch]
     # bookkeeping last, from this process only: the store's concurrency contract
     screen.set_acquired(fields)
     for name in sorted({r.variable for r in records}):

@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -95,22 +95,27 @@ def _is_cellflow_store(path: Path) -> bool:
     return "cellflow" in attrs
 
 
-#: Handles unpickled in this process, by (path, screen id): see :meth:`Screen.__reduce__`.
-_HANDLES: OrderedDict[tuple[str, str], Screen] = OrderedDict()
+#: Handles unpickled in this process, by (path, screen id, generation): see :meth:`Screen.__reduce__`.
+_HANDLES: OrderedDict[tuple[str, str, int], Screen] = OrderedDict()
 _HANDLES_MAX = 16
 _HANDLES_LOCK = threading.Lock()
 
 
-def _shared_handle(path: str, screen_id: str | None) -> Screen:
-    """This process's handle on the store at ``path`` created as ``screen_id`` (made on first use)."""
+def _shared_handle(path: str, screen_id: str | None, generation: int = 0) -> Screen:
+    """This process's handle on the store at ``path`` created as ``screen_id`` (made on first use).
+
+    ``generation`` counts the store's :meth:`Screen.extend` calls: a handle cached before the
+    store grew would hold the old shapes and coordinates, so a grown store gets new handles.
+    """
     if screen_id is None:  # the sender never learnt the id: nothing safe to share
         return Screen(path)
-    key = (path, screen_id)
+    key = (path, screen_id, generation)
     with _HANDLES_LOCK:
         handle = _HANDLES.get(key)
         if handle is None:
             handle = _HANDLES[key] = Screen(path)
             handle._screen_id = screen_id
+            handle._generation = generation
             while len(_HANDLES) > _HANDLES_MAX:
                 _HANDLES.popitem(last=False)
         else:
@@ -130,6 +135,7 @@ class Screen:
         self._coords: dict[str, np.ndarray] | None = None
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._screen_id: str | None = None
+        self._generation = 0
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Every dask task carries the screen; unpickled naively, each task on a worker would
@@ -140,8 +146,8 @@ class Screen:
         # The id is read once per sending handle (only from a store that exists).
         screen_id = self._screen_id
         if screen_id is None and (self.path / "zarr.json").is_file():
-            screen_id = self.screen_id  # cached on this handle from now on
-        return (_shared_handle, (str(self.path), screen_id))
+            screen_id = self.screen_id  # cached on this handle from now on (with the generation)
+        return (_shared_handle, (str(self.path), screen_id, self._generation))
 
     def __repr__(self) -> str:
         return f"Screen({str(self.path)!r})"
@@ -231,7 +237,9 @@ class Screen:
     def screen_id(self) -> str:
         """Random identifier fixed when the store was created (read once per handle)."""
         if self._screen_id is None:
-            self._screen_id = str(self.attrs["cellflow"]["screen_id"])
+            meta = self.attrs["cellflow"]
+            self._screen_id = str(meta["screen_id"])
+            self._generation = int(meta.get("generation", 0))
         return self._screen_id
 
     @property
@@ -381,6 +389,61 @@ class Screen:
             fill_value=fill_value, dimension_names=dims, attributes=dict(attrs or {}),
         )
         self._coords = None
+
+    def extend(self, **new: Sequence[Any]) -> Screen:
+        """Append coordinate values along ``plates``, ``wells``, ``sites`` or ``t_min``; a fresh handle.
+
+        Every variable with that dim (images, acquired, labels, ...) and its chunk ledger
+        grows; the new fields read as never written (fill values) and are not acquired.
+        Values already present are ignored. Existing fields keep their positions, so
+        their data, ledgers and recorded work stay valid: this is how a store takes the
+        plates and wells an acquisition adds overnight. New time points must come after
+        the existing ones (time-lapse stages read frames in order). Client-side, one
+        writer, with no run of the store in progress.
+
+        Raises
+        ------
+        ValueError
+            A key other than the four, or time points before the last one stored.
+        """
+        dims = {"plates": "plate", "wells": "well", "sites": "site", "t_min": "t"}
+        unknown = sorted(set(new) - set(dims))
+        if unknown:
+            raise ValueError(f"Screen.extend: {unknown} cannot grow; only {sorted(dims)}")
+        layout = self.layout
+        added: dict[str, list[Any]] = {}
+        for key, values in new.items():
+            have = list(getattr(layout, key))
+            fresh = [v for v in dict.fromkeys(values) if v not in have]
+            if key == "t_min" and fresh and have and min(fresh) <= max(have):
+                raise ValueError(f"Screen.extend: new time points {fresh} must come after the last stored one "
+                                 f"({max(have):g} min); a time-lapse is read in order")
+            if fresh:
+                added[dims[key]] = fresh
+        if not added:
+            return self
+        changes: dict[str, Any] = {key: (*getattr(layout, key), *added[dim])
+                                   for key, dim in dims.items() if dim in added}
+        grown = replace(layout, **changes)
+        size = dict(zip(DIMS_FIELD, (len(grown.plates), len(grown.wells), len(grown.sites), len(grown.t_min))))
+        group = zarr.open_group(self.path, mode="r+")
+        coords = grown.coords()
+        for name, array in list(group.arrays()):
+            names = _dims(array)
+            if names in {(d,) for d in added}:  # a coordinate: its new labels at the end
+                old = array.shape[0]
+                array.resize((size[names[0]],))
+                array[old:] = coords[names[0]][old:]
+            elif any(d in added for d in names):
+                array.resize(tuple(size.get(d, n) if d in added else n for d, n in zip(names, array.shape)))
+                ledger = f"{_LEDGER_GROUP}/{name}"
+                if ledger in group:
+                    grid = tuple(-(-n // c) for n, c in zip(array.shape, array.chunks))
+                    group[ledger].resize(grid)  # type: ignore[union-attr]
+        meta = dict(group.attrs["cellflow"])  # type: ignore[arg-type]
+        meta.update(layout=grown.to_dict(), generation=int(meta.get("generation") or 0) + 1)  # type: ignore[arg-type]
+        group.attrs["cellflow"] = meta
+        return Screen(self.path)
 
     # ------------------------------------------------------------------ writing
     def _coord_values(self, dim: str) -> np.ndarray | None:

@@ -54,6 +54,7 @@ from pathlib import Path
 import dask
 import numpy as np
 
+from cellflow.cluster import compute
 from cellflow.errors import SpecError
 from cellflow.screen._synthetic_optics import illumination_field
 from cellflow.screen._synthetic_population import Population, simulate_population
@@ -247,7 +248,7 @@ def write_synthetic_screen(path: str | Path, spec: SyntheticSpec, *, overwrite: 
         screen.add_variable(name, dims=DIMS_LABELS, dtype="uint32")
     keys = list(itertools.product(spec.plates, spec.wells, range(spec.sites)))
     tasks = [dask.delayed(_write_field)(screen, spec, p, w, s) for p, w, s in keys]
-    results = dask.compute(*tasks, scheduler=scheduler)
+    results = compute(*tasks, scheduler=scheduler)
     records = [r for field_records in results for r in field_records]
     for name in ("images", "truth_nuclei", "truth_cells"):
         screen.ledger(name).mark(records)
