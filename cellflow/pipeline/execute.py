@@ -141,16 +141,20 @@ class Execution:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     finished_s: dict[str, float] = field(default_factory=dict)
     chunks_written: dict[str, int] = field(default_factory=dict)
-    #: Why the run stopped before every unit finished (disk full, read-only), else None.
+    #: Why the run stopped before every unit finished, said to the user ("the file system cannot
+    #: take more writes: ...", "the connection to the dask scheduler was lost: ..."), else None.
     stopped: str | None = None
+    #: What to do before running again (e.g. "free space"), when there is something to do.
+    remedy: str = ""
 
 
 class _Stop(Exception):
     """Raised in the threaded scheduler's callback to stop computing (see :attr:`Execution.stopped`)."""
 
 
-def _storage_failure(error: OSError) -> str:
-    return f"{type(error).__name__}: {error} (recording results in the store)"
+def _stop_on_storage(execution: Execution, error: OSError) -> None:
+    execution.stopped = f"the file system cannot take more writes: {type(error).__name__}: {error} (recording results)"
+    execution.remedy = "free space (or make it writable)"
 
 
 class _Recorder:
@@ -190,8 +194,8 @@ class _Recorder:
         results = [(stage, unit, _as_result(stage, result)) for stage, unit, result in finished]
         for stage, unit, result in results:
             if result.halt and self.execution.stopped is None:
-                where = f"{stage} {unit.id}"
-                self.execution.stopped = f"{result.error} in {where}"
+                self.execution.stopped = f"the file system cannot take more writes: {result.error} in {stage} {unit.id}"
+                self.execution.remedy = "free space (or make it writable)"
         results = [(stage, unit, result) for stage, unit, result in results if not result.halt]  # left pending
         by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
         for _, _, result in results:
@@ -283,7 +287,7 @@ def execute_plans(
                 except OSError as error:
                     if not halts_run(error):
                         raise
-                    recorder.execution.stopped = _storage_failure(error)
+                    _stop_on_storage(recorder.execution, error)
                 if recorder.execution.stopped is not None:
                     raise _Stop(recorder.execution.stopped)
 
@@ -306,14 +310,23 @@ def execute_plans(
             except Exception:  # a result lost since (its worker died): each on its own, never the whole run
                 results = [_outcome(f) for f in ok]
             finished = [(*owner[f.key], result) for f, result in zip(ok, results)]
-            # the others: the worker died more often than allowed, an unguarded raise, or cancelled
-            finished += [(*owner[f.key], _outcome(f)) for f in batch if f.status != "finished"]
+            # the others: the worker died more often than allowed or an unguarded raise (the unit's
+            # own problem: quarantined); cancelled — we never cancel while going on, so the
+            # cluster cancelled it (the scheduler connection was lost): the run stops, the unit
+            # stays pending for the next run instead of being blamed on its field
+            finished += [(*owner[f.key], _outcome(f)) for f in batch if f.status not in ("finished", "cancelled")]
+            cancelled = [f for f in batch if f.status == "cancelled"]
             try:
                 recorder.record_many(finished)
             except OSError as error:
                 if not halts_run(error):
                     raise
-                recorder.execution.stopped = _storage_failure(error)
+                _stop_on_storage(recorder.execution, error)
+            if cancelled and recorder.execution.stopped is None:
+                reason = " ".join(str(_outcome(cancelled[0])).split()).rstrip(".")
+                recorder.execution.stopped = f"the dask cluster cancelled the work (the connection to its scheduler " \
+                                             f"was lost?): {reason}"
+                recorder.execution.remedy = "check the scheduler (its pod, its node, the network)"
             if recorder.execution.stopped is not None:
                 client.cancel(futures)  # the rest would hit the same full or read-only disk
                 break

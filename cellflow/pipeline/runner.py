@@ -385,7 +385,7 @@ def run_spec(
             )
             seconds["compute"] = time.perf_counter() - start
             view.finish()
-        if execution.stopped is None:  # a stopped run's tables would be partial (and its disk is full)
+        if execution.stopped is None:  # a stopped run's tables would be partial (and its disk may be full)
             tables, paths = _tables(spec, execution.results, out_dir)
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (Terminated): what finished is recorded and kept
         interrupted = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted (Ctrl-C)"
@@ -451,7 +451,7 @@ def _now() -> str:
 
 def _stopped_message(execution: Any, planned: Sequence[Any], spec_path: str | Path | None,
                      interrupted: str | None = None) -> str | None:
-    """What to tell the user when the run stopped early (a full or read-only disk, Ctrl-C, SIGTERM), else None."""
+    """What to tell the user when the run stopped early (a full disk, a lost scheduler, Ctrl-C, SIGTERM), else None."""
     if execution.stopped is None and interrupted is None:
         return None
     done = sum(c["done"] + c["skipped"] for c in execution.counts.values())
@@ -459,8 +459,8 @@ def _stopped_message(execution: Any, planned: Sequence[Any], spec_path: str | Pa
     rerun = f"run `cellflow run {spec_path or 'SPEC'}` again: it skips what is done and redoes the rest"
     if interrupted is not None:
         return f"{interrupted}: {done} of {total} units are done and kept; {rerun}"
-    return (f"stopped: the file system cannot take more writes: {execution.stopped}. {done} of {total} units are "
-            f"done and kept; free space (or make it writable) and {rerun}")
+    remedy = f"{execution.remedy} and " if execution.remedy else ""
+    return f"stopped: {execution.stopped}. {done} of {total} units are done and kept; {remedy}{rerun}"
 
 
 def _status(execution: Any, failure: str | None) -> str:
