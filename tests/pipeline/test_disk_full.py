@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from cellflow.cli import main
 from cellflow.pipeline import parse_spec, run_spec
@@ -50,18 +49,6 @@ def _fill_disk_after(monkeypatch, writes: int) -> list[str]:
 
     monkeypatch.setattr(Screen, "write", write)
     return calls
-
-
-@pytest.fixture(params=["threads", "cluster"])
-def scheduler(request):
-    """None (the threaded scheduler) or the address of an in-process cluster (its workers see the monkeypatch)."""
-    if request.param == "threads":
-        yield None
-        return
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
-        yield cluster.scheduler_address
 
 
 def test_a_full_disk_stops_the_run_and_the_next_run_completes_it(tmp_path, monkeypatch, scheduler):

@@ -42,17 +42,6 @@ def _spec(root, folder, **input_extra):
     })
 
 
-@pytest.fixture(params=["threads", "cluster"])
-def scheduler(request):
-    if request.param == "threads":
-        yield None
-        return
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0") as cluster:
-        yield cluster.scheduler_address
-
-
 def test_files_added_between_runs_are_analysed_like_a_clean_run(tmp_path, acquisition, scheduler):
     clean = run_spec(_spec(tmp_path / "clean", acquisition), progress=False, scheduler=scheduler)
     live = tmp_path / "live" / "in"
