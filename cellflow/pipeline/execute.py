@@ -19,18 +19,21 @@ workers; a kill loses at most the group being written, whose units are redone.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dask.callbacks import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cellflow._files import append_lines
+from cellflow._signals import interrupts_deferred
 from cellflow.cluster import compute
 from cellflow.errors import halts_run
 from cellflow.graph import StageGraph, TaskResult
@@ -191,6 +194,10 @@ class _Recorder:
         The order per unit is kept: its chunks are in the ledgers before its ``done`` line is in
         the task log, so a kill anywhere leaves no ``done`` unit with unrecorded chunks.
         """
+        with interrupts_deferred():  # the task log and the counts in run.json never disagree
+            self._record_many(finished)
+
+    def _record_many(self, finished: Sequence[tuple[str, Unit, Any]]) -> None:
         results = [(stage, unit, _as_result(stage, result)) for stage, unit, result in finished]
         for stage, unit, result in results:
             if result.halt and self.execution.stopped is None:
@@ -228,11 +235,21 @@ class _Recorder:
                 self.on_unit(stage, unit, result)
 
 
+class _Lost(NamedTuple):
+    """A unit whose result the cluster could not deliver (cancelled, connection lost): not its field's fault."""
+
+    error: str
+
+
 def _outcome(future: Any) -> Any:
-    """A future's result, or its error as an exception (a cancelled future's included), never raised."""
+    """A future's result, or its error as an exception, or :class:`_Lost`; never raised (Ctrl-C still stops)."""
+    from distributed.comm.core import CommClosedError
+
     try:
         return future.result()
-    except (Exception, asyncio.CancelledError) as error:  # recorded as the unit's failure; Ctrl-C still stops
+    except (concurrent.futures.CancelledError, asyncio.CancelledError, CommClosedError) as error:
+        return _Lost(" ".join(f"{type(error).__name__}: {error}".split()).rstrip("."))
+    except Exception as error:  # e.g. KilledWorker: the unit killed its workers; recorded as its failure
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
@@ -311,23 +328,24 @@ def execute_plans(
                 results = [_outcome(f) for f in ok]
             finished = [(*owner[f.key], result) for f, result in zip(ok, results)]
             # the others: the worker died more often than allowed or an unguarded raise (the unit's
-            # own problem: quarantined); cancelled — we never cancel while going on, so the
-            # cluster cancelled it (the scheduler connection was lost): the run stops, the unit
-            # stays pending for the next run instead of being blamed on its field
-            finished += [(*owner[f.key], _outcome(f)) for f in batch if f.status not in ("finished", "cancelled")]
-            cancelled = [f for f in batch if f.status == "cancelled"]
+            # own problem: quarantined), or cancelled: we never cancel while going on, so the
+            # cluster did (the scheduler connection was lost)
+            finished += [(*owner[f.key], _outcome(f)) for f in batch if f.status != "finished"]
+            # a result the cluster could not deliver stops the run; its unit stays pending for the
+            # next run instead of being blamed on its field
+            lost = [result for _, _, result in finished if isinstance(result, _Lost)]
             try:
-                recorder.record_many(finished)
+                recorder.record_many([item for item in finished if not isinstance(item[2], _Lost)])
             except OSError as error:
                 if not halts_run(error):
                     raise
                 _stop_on_storage(recorder.execution, error)
-            if cancelled and recorder.execution.stopped is None:
-                reason = " ".join(str(_outcome(cancelled[0])).split()).rstrip(".")
-                recorder.execution.stopped = f"the dask cluster cancelled the work (the connection to its scheduler " \
-                                             f"was lost?): {reason}"
+            if lost and recorder.execution.stopped is None:
+                recorder.execution.stopped = ("the dask cluster could not deliver the work (the connection to its "
+                                              f"scheduler was lost?): {lost[0].error}")
                 recorder.execution.remedy = "check the scheduler (its pod, its node, the network)"
             if recorder.execution.stopped is not None:
-                client.cancel(futures)  # the rest would hit the same full or read-only disk
+                with contextlib.suppress(Exception):  # best effort: the scheduler may be gone
+                    client.cancel(futures)  # the rest would fail the same way
                 break
         return recorder.execution
