@@ -90,7 +90,9 @@ def _header(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     cluster = _mapping(summary, "cluster")
     cluster_text = ", ".join(f"{k} {cluster[k]}" for k in _CLUSTER_KEYS if cluster.get(k) is not None) or None
     spec = _mapping(summary, "spec")
+    why = [("why it stopped", _text(summary["error"]))] if summary.get("error") else []  # failed, interrupted
     return [
+        *why,
         ("run", _text(summary.get("run_id"))),
         ("spec", _text(spec.get("name")) + (f" ({summary['spec_path']})" if summary.get("spec_path") else "")),
         ("exit code", _text(summary.get("exit_code"))),

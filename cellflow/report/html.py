@@ -116,7 +116,7 @@ def render_report(
     title : str
         Page title (escaped).
     status : str
-        'ok', 'quarantined', 'failed' or anything else (drawn grey), shown as a badge.
+        'ok', 'quarantined', 'failed', 'interrupted' or anything else (drawn grey), shown as a badge.
     header : sequence of (str, str)
         Key/value lines under the title (an http(s) value becomes a link).
     sections : sequence of Section
@@ -129,7 +129,7 @@ def render_report(
     str
         A complete HTML document.
     """
-    status_class = status if status in ("ok", "quarantined", "failed") else "unknown"
+    status_class = status if status in ("ok", "quarantined", "failed", "interrupted") else "unknown"
     template = _environment().get_template("report.html.j2")
     return template.render(title=title, status=status, status_class=status_class, header=list(header),
                            sections=list(sections), generator=generator)

@@ -126,6 +126,11 @@ def test_an_interrupted_run_keeps_every_unit_that_finished(tmp_path, monkeypatch
     assert summary["status"] == "interrupted" and summary["exit_code"] == 130
     assert "interrupted (Ctrl-C): 3 of 8 units are done" in summary["error"]
     assert sum(s["done"] for s in summary["stages"].values()) == 3
+    from cellflow.report import build_report
+
+    page = build_report(tmp_path / "tables").read_text()
+    assert "status-interrupted" in page.split("</style>")[-1]  # the badge, not just the stylesheet
+    assert "interrupted (Ctrl-C): 3 of 8 units are done" in page
     resumed = run_spec(spec, progress=False)
     assert sum(s["skipped"] for s in resumed.stages.values()) == 3
     assert sum(s["done"] for s in resumed.stages.values()) == 8 - 3
