@@ -298,6 +298,18 @@ def _illumination_section(screen: Any, why: str) -> Section:
     ))
 
 
+def _section(title: str, anchor: str, build: Callable[..., Section], *args: Any, **kwargs: Any) -> Section:
+    """One section, or a note of why it could not be built: a damaged chunk or table loses that section, not the page.
+
+    The report is read after an overnight run to find out what went wrong; a store with
+    one unreadable chunk is exactly when it must still be written.
+    """
+    try:
+        return build(*args, **kwargs)
+    except Exception as error:
+        return Section(title, anchor, notes=(f"This section could not be built: {type(error).__name__}: {error}",))
+
+
 def _overlay_channel(summary: Mapping[str, Any], channels: Sequence[str]) -> str:
     stages = _mapping(_mapping(summary, "spec"), "stages")
     wanted = _mapping(stages, "autolabel").get("nuclear_channel")
@@ -318,15 +330,22 @@ def _overlays_section(summary: Mapping[str, Any], screen: Any, why: str, *, max_
     for key in screen.fields():
         by_well.setdefault((key.plate, key.well), []).append(key)
     figures = []
+    unreadable: list[str] = []
     for (plate, well), keys in list(by_well.items())[:max_wells]:
         tiles = []
         for key in keys[:sites_per_well]:
             where = key._asdict()
-            image = screen.read("images", c=channel, **where).max(axis=0)  # (z, y, x) -> max projection
-            tiles.append((f"site {key.site}, t {key.t:g}", image, screen.read(labels, **where)))
+            try:
+                image = screen.read("images", c=channel, **where).max(axis=0)  # (z, y, x) -> max projection
+                tiles.append((f"site {key.site}, t {key.t:g}", image, screen.read(labels, **where)))
+            except Exception as error:  # a damaged chunk: this field is left out and named, the rest are shown
+                unreadable.append(f"{plate} {well} site {key.site} t {key.t:g}: {type(error).__name__}: {error}")
+        if not tiles:
+            continue
         figures.append(_figure(f"{plate} {well}", partial(plots.overlay_montage, tiles),
                                f"{channel} (max over z, 1–99.5 percentile scaled) with {labels} boundaries in red."))
-    notes = () if len(by_well) <= max_wells else (f"First {max_wells} of {len(by_well)} wells shown.",)
+    notes: tuple[str, ...] = () if len(by_well) <= max_wells else (f"First {max_wells} of {len(by_well)} wells shown.",)
+    notes += tuple(f"Not shown, unreadable: {text}" for text in unreadable)
     return Section("Segmentation overlays", "overlays", notes=notes, figures=tuple(figures))
 
 
@@ -459,15 +478,16 @@ def build_report(
     summary = load_summary(run_dir)
     screen, why = _open_store(summary)
     sections = [
-        *([_runs_section(runs)] if runs else []),
-        _stages_section(summary),
-        _quarantine_section(summary),
-        _scores_section(run_dir, summary, screen, max_score_fields),
-        _measurements_section(run_dir),
-        _illumination_section(screen, why),
-        _overlays_section(summary, screen, why, max_wells=max_wells, sites_per_well=sites_per_well),
-        _training_section(summary),
-        _provenance_section(summary),
+        *([_section("Runs of this screen", "runs", _runs_section, runs)] if runs else []),
+        _section("Stages", "stages", _stages_section, summary),
+        _section("Quarantined fields", "quarantined", _quarantine_section, summary),
+        _section("Scores", "scores", _scores_section, run_dir, summary, screen, max_score_fields),
+        _section("Measurements", "measurements", _measurements_section, run_dir),
+        _section("Illumination", "illumination", _illumination_section, screen, why),
+        _section("Segmentation overlays", "overlays", _overlays_section, summary, screen, why, max_wells=max_wells,
+                 sites_per_well=sites_per_well),
+        _section("Training", "training", _training_section, summary),
+        _section("Provenance", "provenance", _provenance_section, summary),
     ]
     spec = _mapping(summary, "spec")
     title = f"cellflow run report: {spec.get('name', run_dir.name)}"

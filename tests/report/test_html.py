@@ -183,3 +183,36 @@ def test_end_to_end_run_then_cellflow_report(tmp_path, capsys):
         assert title in text, title
     # F1 curve, errors, cells F-score, F1 heat map, illumination, one overlay per well
     assert len(decoded_pngs(page)) == 5 + len(wells)
+
+
+def test_a_damaged_chunk_loses_one_overlay_not_the_report(tmp_path, capsys, monkeypatch):
+    """After a night with a corrupt chunk the report must still be written, naming what it could not read."""
+    import cellflow.report.build as build
+
+    wells = ["A01", "B02"]
+    spec = parse_spec({
+        "name": "report-damaged",
+        "input": {"store": str(tmp_path / "p.zarr"),
+                  "synthetic": {"wells": wells, "sites": 1, "shape_yx": [96, 128], "n_z": 1, "seed": 3,
+                                "channels": ["DNA"]}},
+        "stages": {"autolabel": {"nuclear_channel": "DNA", "diameter_um": 16}},
+        "output": {"tables": str(tmp_path / "tables")},
+        "cluster": {"kind": "threads"},
+    })
+    result = run_spec(spec, progress=False)
+    assert result.status == "ok"
+    chunk = tmp_path / "p.zarr" / "images" / "c" / "0" / "1" / "0" / "0" / "0" / "0" / "0" / "0"  # P1 B02 site 0
+    assert chunk.is_file()
+    chunk.write_bytes(b"\x28\xb5\x2f\xfd not a zstd frame")
+    assert main(["report", str(tmp_path / "tables")]) == 0
+    text = " ".join(parse_page(tmp_path / "tables" / "report.html").text)
+    assert "P1 A01" in text and "Not shown, unreadable: P1 B02 site 0" in text
+
+    def broken(*args, **kwargs):
+        raise ValueError("an unreadable illumination array")
+
+    monkeypatch.setattr(build, "_illumination_section", broken)
+    assert main(["report", str(tmp_path / "tables")]) == 0
+    text = " ".join(parse_page(tmp_path / "tables" / "report.html").text)
+    assert "This section could not be built: ValueError: an unreadable illumination array" in text
+    assert "P1 A01" in text  # the other sections are there
