@@ -379,7 +379,8 @@ def _incomplete_store_on_full_disk(out: Path) -> Iterator[None]:
             raise
         raise StorageFullError(
             f"{type(error).__name__}: {error.strerror}: the disk of {out} is full or read-only, and the new store "
-            "there is incomplete; free space and run the same command with --overwrite") from error
+            "there is incomplete; free space (or make it writable) and run the same command with --overwrite"
+        ) from error
 
 
 @app.command()

@@ -396,8 +396,8 @@ def run_spec(
         failure = f"{type(error).__name__}: {error}"
         if halts_run(error):  # e.g. the tables' disk filled up after the units were done and recorded
             raise StorageFullError(
-                f"{failure}; the units recorded done are kept in {spec.input.store}; free space and run `cellflow "
-                f"run {spec_path or 'SPEC'}` again: it skips what is done") from error
+                f"{failure}; the units recorded done are kept in {spec.input.store}; free space (or make it "
+                f"writable) and run `cellflow run {spec_path or 'SPEC'}` again: it skips what is done") from error
         raise
     finally:
         seconds["total"] = time.perf_counter() - begin

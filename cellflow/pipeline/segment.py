@@ -242,7 +242,8 @@ def run_on_images(
         if halted is not None:  # every field would fail the same way: not the images' fault
             raise StorageFullError(
                 f"{halted.error}: {store} cannot take more writes. " + (
-                    "The fields done are in it; free space and run again with --overwrite" if as_store else
+                    "The fields done are in it; free space (or make it writable) and run again with --overwrite"
+                    if as_store else
                     f"No label file was written to {out_dir}; free space (or give --keep-store DIR on a disk "
                     "with room for the work store) and run again"))
         # A field whose task failed (a blank or NaN image, a bug) is reported with its file and
@@ -301,5 +302,5 @@ def _export_tiffs(
     if full:
         raise StorageFullError(
             f"{full[0]}: {len(files) - len(full)} of {len(files)} {export.kind} files were written to {out_dir} "
-            "(each one whole), the others not; free space and run again with --overwrite")
+            "(each one whole), the others not; free space (or make it writable) and run again with --overwrite")
     return files, {names[key]: int(n) for key, n in zip(keys, found)}
