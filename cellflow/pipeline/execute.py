@@ -7,10 +7,11 @@ same kind. :func:`execute_plans` computes those units in one dask graph and, as 
 finish, on the client (the store's single writer): marks the chunks they wrote in the
 variable ledgers, then appends their ``done`` lines to the stages' task logs, or a
 ``failed`` line and quarantines the unit's fields. A unit's failure never stops the others,
-except a full or read-only file system (:func:`cellflow.graph._stage.halts_run`), which
-every later unit would hit too: then the run stops (:attr:`Execution.stopped`), the
-units still running are cancelled and, like the one that hit it, left ``pending`` to
-be redone by the next run; nothing is quarantined for it.
+except a failure every later unit would share: a full or read-only file system
+(:func:`cellflow.errors.halts_run`), or results the cluster can no longer deliver (its
+scheduler lost). Then the run stops (:attr:`Execution.stopped`), the units still running
+are cancelled and, like the ones that hit it, left ``pending`` to be redone by the next
+run; no field is quarantined for it.
 Units that finished while the previous ones were being recorded are recorded together
 (one ledger write per variable, one fsync per stage), so the client keeps up with many
 workers; a kill loses at most the group being written, whose units are redone.
@@ -155,9 +156,11 @@ class _Stop(Exception):
     """Raised in the threaded scheduler's callback to stop computing (see :attr:`Execution.stopped`)."""
 
 
-def _stop_on_storage(execution: Execution, error: OSError) -> None:
-    execution.stopped = f"the file system cannot take more writes: {type(error).__name__}: {error} (recording results)"
-    execution.remedy = "free space (or make it writable)"
+def _stop_for_storage(execution: Execution, detail: str) -> None:
+    """Stop the run: the store's file system is full or read-only (``detail`` says where it showed)."""
+    if execution.stopped is None:
+        execution.stopped = f"the file system cannot take more writes: {detail}"
+        execution.remedy = "free space (or make it writable)"
 
 
 class _Recorder:
@@ -200,9 +203,8 @@ class _Recorder:
     def _record_many(self, finished: Sequence[tuple[str, Unit, Any]]) -> None:
         results = [(stage, unit, _as_result(stage, result)) for stage, unit, result in finished]
         for stage, unit, result in results:
-            if result.halt and self.execution.stopped is None:
-                self.execution.stopped = f"the file system cannot take more writes: {result.error} in {stage} {unit.id}"
-                self.execution.remedy = "free space (or make it writable)"
+            if result.halt:
+                _stop_for_storage(self.execution, f"{result.error} in {stage} {unit.id}")
         results = [(stage, unit, result) for stage, unit, result in results if not result.halt]  # left pending
         by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
         for _, _, result in results:
@@ -304,7 +306,7 @@ def execute_plans(
                 except OSError as error:
                     if not halts_run(error):
                         raise
-                    _stop_on_storage(recorder.execution, error)
+                    _stop_for_storage(recorder.execution, f"{type(error).__name__}: {error} (recording results)")
                 if recorder.execution.stopped is not None:
                     raise _Stop(recorder.execution.stopped)
 
@@ -339,7 +341,7 @@ def execute_plans(
             except OSError as error:
                 if not halts_run(error):
                     raise
-                _stop_on_storage(recorder.execution, error)
+                _stop_for_storage(recorder.execution, f"{type(error).__name__}: {error} (recording results)")
             if lost and recorder.execution.stopped is None:
                 recorder.execution.stopped = ("the dask cluster could not deliver the work (the connection to its "
                                               f"scheduler was lost?): {lost[0].error}")

@@ -39,6 +39,7 @@ from cellflow.cluster import compute
 from cellflow.errors import SpecError, StorageFullError, StoreExistsError, Terminated, halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
+from cellflow.screen._ingest_report import IngestReport
 from cellflow.screen.store import ChunkRecord, Screen
 
 __all__ = [
@@ -121,7 +122,7 @@ def _add_new_files(spec: InputSpec, store: Path, scheduler: Any) -> Screen:
     return Screen.open(store)
 
 
-def _save_ingest_report(store: Path, report: Any) -> None:
+def _save_ingest_report(store: Path, report: IngestReport) -> None:
     """Keep an ingest's bad files with the store: every later run (and its report) lists them."""
     write_text_atomic(store / INGEST_REPORT, json.dumps(
         {"failed": [list(f) for f in report.failed], "notes": list(report.notes)}, indent=1))
