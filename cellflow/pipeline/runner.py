@@ -76,8 +76,11 @@ class RunResult:
         return EXIT_CODES[self.status]
 
 
-def prepare_input(spec: InputSpec, *, scheduler: Any = None) -> Screen:
+def prepare_input(spec: InputSpec, *, scheduler: Any = None, console: Console | None = None) -> Screen:
     """Open the input store, or create it from the source the spec names.
+
+    With ``folder`` and ``add_new_files``, an existing store first takes the fields the
+    folder has gained since; ``console`` is told what was added.
 
     Raises
     ------
@@ -87,7 +90,7 @@ def prepare_input(spec: InputSpec, *, scheduler: Any = None) -> Screen:
     store = Path(spec.store)
     if store.exists() and spec.reuse:
         if spec.folder is not None and spec.add_new_files:
-            return _add_new_files(spec, store, scheduler)
+            return _add_new_files(spec, store, scheduler, console)
         return Screen.open(store)
     if store.exists():
         _check_replaceable(store, spec)
@@ -112,13 +115,18 @@ def ingest_failures(screen: Screen) -> list[dict[str, Any]]:
              "error": reason} for file, reason in failed]
 
 
-def _add_new_files(spec: InputSpec, store: Path, scheduler: Any) -> Screen:
+def _add_new_files(spec: InputSpec, store: Path, scheduler: Any, console: Console | None) -> Screen:
     """Ingest what the acquisition added to the spec's folder since the store was made (``add_new_files``)."""
     from cellflow.screen.ingest import ingest
 
     assert spec.folder is not None and spec.pattern is not None  # InputSpec guarantees both
     report = ingest(spec.folder, store, pattern=spec.pattern, update=True, scheduler=scheduler)
     _save_ingest_report(store, report)  # the bad files now: fixed ones drop out, still bad ones stay
+    if console is not None and (report.n_fields_ingested or report.failed):
+        added = (f"added {report.n_fields_ingested} new fields to {store}" if report.n_fields_ingested
+                 else "no new fields")
+        bad = f"; {len(report.failed)} bad files, not analysed (listed at the end)" if report.failed else ""
+        console.print(f"{spec.folder}: {added}{bad}", highlight=False)
     return Screen.open(store)
 
 
@@ -365,7 +373,7 @@ def run_spec(
 
             if not (Path(spec.input.store).exists() and spec.input.reuse):
                 start_cluster()  # the input is made (ingest, synthesis) on the cluster
-            screen = prepare_input(spec.input, scheduler=client)
+            screen = prepare_input(spec.input, scheduler=client, console=console)
             if not locked:  # the store was made just now
                 stack.enter_context(store_lock(store, what))
             seconds["input"] = time.perf_counter() - start

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from rich.console import Console
 
 from cellflow.pipeline import parse_spec, run_spec
 from cellflow.screen import Screen
@@ -53,8 +54,10 @@ def test_files_added_between_runs_are_analysed_like_a_clean_run(tmp_path, acquis
     assert first.status == "ok" and first.stages["autolabel"]["done"] == 2
     for path in acquisition.iterdir():  # the rest of the plate, and a second plate
         (live / path.name).write_bytes(path.read_bytes())
-    second = run_spec(_spec(tmp_path / "live", live), progress=False, scheduler=scheduler)
+    console = Console(record=True, width=300)
+    second = run_spec(_spec(tmp_path / "live", live), progress=False, scheduler=scheduler, console=console)
     assert second.status == "ok"
+    assert f"{live}: added 6 new fields to {tmp_path / 'live' / 's.zarr'}" in console.export_text()
     assert second.stages["autolabel"]["done"] + second.stages["autolabel"]["skipped"] == 8
 
     grown, reference = second.screen.dataset(), clean.screen.dataset()
