@@ -78,9 +78,12 @@ def run_fields(tasks: Sequence[Any], scheduler: Any) -> list[FieldResult]:
 
 def finish(
     screen: Screen, results: Sequence[FieldResult], *, variables: Sequence[str], n_files: int,
-    skipped: Sequence[str] = (), notes: Sequence[str] = (),
+    skipped: Sequence[str] = (), notes: Sequence[str] = (), failed: Sequence[tuple[str, str]] = (),
 ) -> IngestReport:
-    """Client side: mark good fields acquired, record their chunks, save and return the report."""
+    """Client side: mark good fields acquired, record their chunks, save and return the report.
+
+    ``failed``: files refused before any field task ran (path, reason), reported with the fields' bad files.
+    """
     good = [r for r in results if not r.failed]
     screen.set_acquired([r.field for r in good])
     records = [rec for r in good for rec in r.records]
@@ -88,7 +91,7 @@ def finish(
         screen.ledger(name).mark(records)
     report = IngestReport(
         store=str(screen.path), n_files=n_files, n_fields=len(results),
-        n_fields_ingested=len(good), failed=tuple(f for r in results for f in r.failed),
+        n_fields_ingested=len(good), failed=(*(f for r in results for f in r.failed), *failed),
         skipped=tuple(skipped), notes=(*notes, *(n for r in results for n in r.notes)),
     )
     report.save()
@@ -212,12 +215,8 @@ def _add_new_fields(screen: Screen, table: FileTable, scheduler: Any) -> IngestR
     new_files = sum(len(planes) for _, planes, _ in plan)
     note = (f"update: {len(acquired)} fields were already in the store (not read again); "
             f"{len(plan)} new or not yet acquired fields from {new_files} files")
-    report = finish(screen, run_fields(tasks, scheduler), variables=["images"], n_files=new_files,
-                    skipped=table.skipped, notes=(note,))
-    if misfits:
-        report = replace(report, failed=(*report.failed, *misfits))
-        report.save()
-    return report
+    return finish(screen, run_fields(tasks, scheduler), variables=["images"], n_files=new_files,
+                  skipped=table.skipped, notes=(note,), failed=misfits)
 
 
 def _field_plan(
