@@ -15,6 +15,7 @@ store's truth and prediction labels for up to ``max_score_fields`` fields per sc
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -243,6 +244,29 @@ def _score_view(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ measurements
+#: Per-well columns that are bookkeeping or one bin of a histogram, not a readout to map.
+_NOT_MAPPED = re.compile(r"^(plate|well|labels|n_fields|dna_hist_.*)$")
+
+
+def _mapped_readouts(wells: pd.DataFrame, zprime: pd.DataFrame | None, limit: int) -> list[str]:
+    """The per-well readouts worth a plate map: the Z' table's first, then the others that vary across wells."""
+    numeric = [c for c in wells.columns if not _NOT_MAPPED.match(str(c)) and wells[c].dtype.kind in "iuf"]
+    varying = [c for c in numeric if wells[c].nunique(dropna=True) > 1]  # a constant map shows nothing
+    assay = [] if zprime is None or "readout" not in zprime else [str(r) for r in zprime["readout"].unique()]
+    ordered = [c for c in assay if c in varying] + [c for c in varying if c not in assay]
+    return ordered[:limit]
+
+
+def _zprime_caption(zprime: pd.DataFrame | None, labels: str | None, readout: str) -> str:
+    if zprime is None or not {"readout", "z_prime"} <= set(zprime.columns):
+        return ""
+    rows = zprime[zprime["readout"] == readout]
+    if labels is not None and "labels" in rows:
+        rows = rows[rows["labels"] == labels]
+    values = [f"{v:.2f}" for v in rows["z_prime"] if np.isfinite(v)]
+    return f"Z' between the control wells: {', '.join(values)}." if values else ""
+
+
 def _measurements_section(run_dir: Path) -> Section:
     folder = run_dir / "measurements"
     found = {name: folder / f"{name}.parquet" for name in ("zprime", "wells", "fields")}
@@ -250,20 +274,28 @@ def _measurements_section(run_dir: Path) -> Section:
     if not found:
         return Section("Measurements", "measurements", notes=("No measurement tables in this run.",))
     views: list[TableView] = []
+    long_views: list[TableView] = []
     figures: list[FigureView] = []
-    if "zprime" in found:
-        views.append(table_view(pd.read_parquet(found["zprime"]), "Z' factor per readout (positive vs negative "
-                                                                  "control wells)"))
+    zprime = pd.read_parquet(found["zprime"]) if "zprime" in found else None
+    if zprime is not None:
+        views.append(table_view(zprime, "Z' factor per readout (positive vs negative control wells)"))
     if "wells" in found:
         wells = pd.read_parquet(found["wells"])
-        views.append(table_view(wells, "Readouts per well", max_rows=100))
-        readouts = [c for c in wells.columns if c not in ("plate", "well") and wells[c].dtype.kind in "iuf"]
+        long_views.append(table_view(wells, "Readouts per well", max_rows=100))
         if {"plate", "well"} <= set(wells.columns):
-            for readout in readouts[:_MAX_HEATMAPS]:
-                figures.append(_figure(f"{readout} per well", partial(plots.plate_heatmap, wells, readout)))
+            # one map per labels variable: their rows share the wells, and one map holds one value per well
+            groups = ([(str(k), g) for k, g in wells.groupby("labels", sort=True)] if "labels" in wells.columns
+                      else [(None, wells)])
+            per_group = max(_MAX_HEATMAPS // len(groups), 1)
+            for labels, group in groups:
+                for readout in _mapped_readouts(group, zprime, per_group):
+                    title = f"{labels}: {readout} per well" if labels is not None else f"{readout} per well"
+                    figures.append(_figure(title, partial(plots.plate_heatmap, group, readout),
+                                           _zprime_caption(zprime, labels, readout)))
     if "fields" in found:
-        views.append(table_view(pd.read_parquet(found["fields"]), "Readouts per field", max_rows=50))
-    return Section("Measurements", "measurements", tables=tuple(views), figures=tuple(figures))
+        long_views.append(table_view(pd.read_parquet(found["fields"]), "Readouts per field", max_rows=50))
+    return Section("Measurements", "measurements", tables=tuple(views), figures=tuple(figures),
+                   long_tables=tuple(long_views))
 
 
 # ------------------------------------------------------------------ store images

@@ -60,7 +60,11 @@ class FigureView:
 
 @dataclass(frozen=True)
 class Section:
-    """A report section: notes, tables, figures and optional preformatted text, in that order."""
+    """A report section: notes, tables, figures, long tables and preformatted text, in that order.
+
+    ``long_tables`` come after the figures, so that a plate's heat maps are not pushed below
+    hundreds of table rows.
+    """
 
     title: str
     anchor: str
@@ -68,9 +72,18 @@ class Section:
     tables: tuple[TableView, ...] = ()
     figures: tuple[FigureView, ...] = ()
     text: str = ""
+    long_tables: tuple[TableView, ...] = ()
+
+
+_MAX_LISTED = 4  # a list-valued cell (a histogram, say) longer than this shows its length only
 
 
 def _cell(value: object) -> str:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(np.ravel(np.asarray(value, dtype=object)))
+        if len(items) > _MAX_LISTED:
+            return f"[{len(items)} values]"
+        return "[" + ", ".join(_cell(v) for v in items) + "]"
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, (bool, np.bool_)):
@@ -91,6 +104,8 @@ def table_view(frame: pd.DataFrame, title: str, *, max_rows: int = 200) -> Table
     >>> view = table_view(pd.DataFrame({"well": ["A01"], "f1": [0.51234]}), "t")
     >>> view.rows, view.numeric
     ((('A01', '0.512'),), (False, True))
+    >>> table_view(pd.DataFrame({"bins": [[1, 2], list(range(60))]}), "t").rows
+    (('[1, 2]',), ('[60 values]',))
     """
     shown = frame.head(max_rows)
     numeric = tuple(frame[c].dtype.kind in "iuf" for c in frame.columns)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -201,14 +202,25 @@ def plate_grid(wells: Sequence[str], values: Sequence[float]) -> np.ndarray:
     The grid is the smallest of :data:`PLATE_FORMATS` the wells fit on, else the rows x
     columns they span.
 
+    Raises
+    ------
+    ValueError
+        A well is named twice (its second value would hide the first), a name is malformed, or
+        the lengths differ.
+
     Examples
     --------
     >>> grid = plate_grid(["A01", "B03"], [1.0, 2.0])
-    >>> grid.shape, grid[0, 0], grid[1, 2], int(np.isnan(grid).sum())
+    >>> grid.shape, float(grid[0, 0]), float(grid[1, 2]), int(np.isnan(grid).sum())
     ((8, 12), 1.0, 2.0, 94)
     """
     if len(wells) != len(values):
         raise ValueError(f"plate_grid: {len(wells)} wells but {len(values)} values")
+    twice = sorted(w for w, n in Counter(wells).items() if n > 1)
+    if twice:  # one value per well: a second would silently paint over the first
+        raise ValueError(f"plate_grid: well(s) {', '.join(twice[:5])} given more than once; a plate map takes one "
+                         "value per well (a table with several rows per well, e.g. one per labels variable, must be "
+                         "drawn one group at a time)")
     positions = [well_position(w) for w in wells]
     rows = max((r for r, _ in positions), default=0) + 1
     cols = max((c for _, c in positions), default=0) + 1
@@ -249,7 +261,7 @@ def plate_heatmap(wells: pd.DataFrame, value: str, *, cmap: str = "viridis") -> 
     Raises
     ------
     ValueError
-        A column is missing or a well name is malformed.
+        A column is missing, a well name is malformed or a plate names a well twice.
     """
     missing = [c for c in ("plate", "well", value) if c not in wells.columns]
     if missing:
@@ -262,7 +274,8 @@ def plate_heatmap(wells: pd.DataFrame, value: str, *, cmap: str = "viridis") -> 
     high = max((float(f.max()) for f in finite if f.size), default=1.0)
     rows, cols = max((g.shape for g in grids), default=(8, 12))
     n = max(len(grids), 1)
-    figure = _figure(min(2.0 + 0.32 * cols, 12.0) * min(n, 2), 0.9 + 0.32 * rows * math.ceil(n / 2))
+    well_in = min(0.32, 3.6 / cols)  # any plate format: 5.6 in wide, two maps side by side in the report
+    figure = _figure((2.0 + well_in * cols) * min(n, 2), 0.9 + well_in * rows * math.ceil(n / 2))
     axes_list = np.atleast_1d(figure.subplots(math.ceil(n / 2), min(n, 2), squeeze=False)).ravel()
     image = None
     for axes, plate, grid in zip(axes_list, plates, grids):

@@ -216,3 +216,46 @@ def test_a_damaged_chunk_loses_one_overlay_not_the_report(tmp_path, capsys, monk
     text = " ".join(parse_page(tmp_path / "tables" / "report.html").text)
     assert "This section could not be built: ValueError: an unreadable illumination array" in text
     assert "P1 A01" in text  # the other sections are there
+
+
+def test_plate_maps_are_drawn_per_labels_variable_and_long_tables_come_after_them(tmp_path, monkeypatch):
+    """A measure run's well table has one row per well *and labels variable*: each map must show one variable's
+    values (one map holding both painted one over the other, silently), the assay's Z' readouts come first,
+    constant columns and histogram bins get no map, and a per-field histogram is one short cell, not 60 lines."""
+    from cellflow.report import build as report_build
+
+    run_dir = tmp_path / "tables"
+    (run_dir / "measurements").mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    well_names = ["A01", "A02", "B01", "B02"]
+    wells = pd.concat([pd.DataFrame({
+        "labels": labels, "plate": "P1", "well": well_names, "n_fields": 4,
+        "n_objects": rng.integers(10, 99, 4), "area_mean": rng.uniform(100, 900, 4),
+        "fraction_4n": rng.uniform(0, 1, 4), "dna_hist_0_0.25": rng.integers(0, 9, 4)})
+        for labels in ("labels_cells", "labels_nuclei")], ignore_index=True)
+    wells.to_parquet(run_dir / "measurements" / "wells.parquet")
+    pd.DataFrame({"labels": ["labels_cells", "labels_nuclei"], "plate": "P1", "readout": "fraction_4n",
+                  "z_prime": [0.25, 0.625]}).to_parquet(run_dir / "measurements" / "zprime.parquet")
+    pd.DataFrame({"plate": ["P1"], "well": ["A01"], "site": [0], "dna_bins": [list(range(1000, 1060))]}).to_parquet(
+        run_dir / "measurements" / "fields.parquet")
+    (run_dir / "run.json").write_text(json.dumps({"status": "ok", "store": str(tmp_path / "gone.zarr")}))
+    drawn: list[tuple[pd.DataFrame, str]] = []
+    real = report_build.plots.plate_heatmap
+    monkeypatch.setattr(report_build.plots, "plate_heatmap",
+                        lambda frame, value, **kw: drawn.append((frame.copy(), value)) or real(frame, value, **kw))
+
+    page = parse_page(build_report(run_dir))
+    text = " ".join(page.text)
+    assert [(f["labels"].unique().tolist(), value) for f, value in drawn] == [
+        (["labels_cells"], "fraction_4n"), (["labels_cells"], "n_objects"), (["labels_cells"], "area_mean"),
+        (["labels_nuclei"], "fraction_4n"), (["labels_nuclei"], "n_objects"), (["labels_nuclei"], "area_mean")]
+    for frame, value in drawn:  # each map gets its own variable's values, one per well
+        labels = frame["labels"].iloc[0]
+        expected = wells[wells["labels"] == labels].set_index("well")[value]
+        pd.testing.assert_series_equal(frame.set_index("well")[value], expected)
+    assert "labels_nuclei: fraction_4n per well" in text and "Z' between the control wells: 0.62" in text
+    assert "n_fields per well" not in text and "dna_hist_0_0.25 per well" not in text
+    assert "[60 values]" in text and "1059" not in text
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert html.index("labels_nuclei: area_mean per well") < html.index("Readouts per well") < html.index(
+        "Readouts per field")

@@ -137,3 +137,12 @@ def test_training_curves_plot_loss_and_f1_per_epoch():
     np.testing.assert_allclose(left.lines[0].get_xydata(), [[1, 0.9], [2, 0.5], [3, 0.4]])
     np.testing.assert_allclose(right.lines[0].get_ydata(), [0.2, 0.6, 0.7])
     assert right.lines[1].get_ydata()[0] == 0.1  # the untrained baseline
+
+
+def test_plate_grid_refuses_a_well_given_twice():
+    """Two values for one well (say one per labels variable) would be painted over each other silently."""
+    with pytest.raises(ValueError, match="A02 given more than once"):
+        plots.plate_grid(["A01", "A02", "A02"], [1.0, 2.0, 3.0])
+    wells = pd.DataFrame({"plate": ["P1", "P1", "P2"], "well": ["A01", "A01", "A01"], "v": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="A01 given more than once"):
+        plots.plate_heatmap(wells, "v")
