@@ -5,7 +5,7 @@ from __future__ import annotations
 from cellflow.errors import CellflowError, IngestError, RegionError, SchemaError, SpecError, StoreExistsError
 from cellflow.screen import Screen, ScreenLayout, open_screen
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CellflowError",

@@ -41,6 +41,7 @@ __all__ = [
     "per_field_graph",
     "require_variables",
     "upstream_of",
+    "written_upstream",
 ]
 
 _Task = TypeVar("_Task", bound=Callable[..., Any])
@@ -111,6 +112,9 @@ class StageGraph:
     outputs: tuple[VariableSpec, ...]
     tasks: tuple[Delayed, ...]
     by_field: Mapping[FieldKey, Delayed] = field(default_factory=dict)
+    #: Variables that the stages before this one in the same run write (set by the runner): a
+    #: stage built ``after`` this graph runs after those writes too, through the dependency chain.
+    written_before: frozenset[str] = frozenset()
 
     def create_outputs(self, screen: Screen, *, replace: bool = False) -> None:
         """Create every output variable (client side, before computing), recording this stage as its producer.
@@ -187,9 +191,14 @@ def merge_results(stage: str, results: Sequence[TaskResult | None]) -> TaskResul
     )
 
 
+def written_upstream(after: StageGraph | None) -> set[str]:
+    """The variables that the upstream stages of the run write: ``after`` and every stage before it."""
+    return set() if after is None else {v.name for v in after.outputs} | set(after.written_before)
+
+
 def available_variables(screen: Screen, after: StageGraph | None) -> set[str]:
-    """The variables a stage may read: those in the store and those its upstream stage will write."""
-    return set(screen.variables) | ({v.name for v in after.outputs} if after is not None else set())
+    """The variables a stage may read: those in the store and those its upstream stages will write."""
+    return set(screen.variables) | written_upstream(after)
 
 
 def require_variables(stage: str, screen: Screen, names: Iterable[str]) -> None:

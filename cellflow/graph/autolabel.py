@@ -36,7 +36,7 @@ import numpy as np
 from dask.base import tokenize
 
 from cellflow._config import check_keys
-from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, field_tasks, guarded
+from cellflow.graph._stage import StageGraph, TaskResult, VariableSpec, field_tasks, guarded, written_upstream
 from cellflow.graph.illumination import IlluminationParams, resolve_offset
 from cellflow.metrics import field_extents, select_fields
 from cellflow.ops.autolabel import (
@@ -212,7 +212,7 @@ def _corrected(screen: Screen, params: AutolabelParams, after: StageGraph | None
     """(plate, channel) pairs to correct; None means every pair (the upstream stage writes them)."""
     if not params.illumination:
         return set()
-    if after is not None and any(spec.name == _ILLUMINATION for spec in after.outputs):
+    if _ILLUMINATION in written_upstream(after):
         return None
     return _complete_illumination(screen)
 

@@ -7,7 +7,9 @@ trained with :func:`cellflow.live.celltype.train_semantic` and saved with
 tile exactly as the ``predict`` stage does (nothing is stored), then averages each type's
 interior probability over every cell of the ``cells`` label variable
 (:func:`~cellflow.live.celltype.classify_cells`). Rows, keyed ``plate, well, site, t, label``
-with ``score_<type>`` and ``cell_type``, become ``<tables>/celltype/cells.parquet``; the
+with ``score_<type>`` and ``cell_type``, go to a Parquet part per field in the store
+(``<store>/tables/celltype/<plate>/<well>_s<site>_t<t>.parquet``, referenced from the task
+log: :mod:`cellflow.graph._parts`) and become ``<tables>/celltype/cells.parquet``; the
 per-well count and fraction of each type, ``celltype/wells.parquet``.
 """
 
@@ -24,6 +26,7 @@ import pandas as pd
 from cellflow._config import check_keys
 from cellflow._files import write_parquet
 from cellflow.errors import RegionError
+from cellflow.graph._parts import field_part, parts_frame, tables_group
 from cellflow.graph._stage import StageGraph, TaskResult, available_variables, guarded
 from cellflow.graph.predict import FieldPlan, PredictParams, field_probabilities, plan_fields, plan_tasks
 from cellflow.live.celltype import classify_cells
@@ -84,9 +87,7 @@ def _celltype_field(screen: Screen, params: CelltypeParams, plan: FieldPlan, *_u
     where = plan.key._asdict()
     cells = screen.read(params.cells, **where)[: probabilities.shape[1], : probabilities.shape[2]]
     table = classify_cells(probabilities, np.asarray(cells), type_names=type_names(checkpoint))
-    rows = tuple({**where, **{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}}
-                 for row in table.to_dict(orient="records"))
-    return TaskResult(stage=_STAGE, field=plan.key, rows=rows)
+    return TaskResult(stage=_STAGE, field=plan.key, rows=(field_part(screen, _STAGE, plan.key, table),))
 
 
 def build_celltype(screen: Screen, params: CelltypeParams, *, after: StageGraph | None = None,
@@ -103,17 +104,18 @@ def build_celltype(screen: Screen, params: CelltypeParams, *, after: StageGraph 
     type_names(checkpoint)
     if params.cells not in available_variables(screen, after):
         raise RegionError(f"celltype: {screen.path} has no variable {params.cells!r} (segment the cells first)")
+    tables_group(screen)
     return plan_tasks(_STAGE, _celltype_field, screen, params, plans, checkpoint, (), after)
 
 
 def celltype_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path,
                     params: CelltypeParams | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
     """``celltype/cells.parquet`` and ``celltype/wells.parquet`` (count and fraction of each type per well)."""
-    if not rows:
+    cells = parts_frame(rows)
+    if cells.empty:
         return {}, {}
     folder = Path(out_dir) / "celltype"
     folder.mkdir(parents=True, exist_ok=True)
-    cells = pd.DataFrame(list(rows))
     counts = cells.groupby(["plate", "well", "cell_type"]).size().unstack(fill_value=0)
     wells = counts.add_prefix("n_").join(counts.div(counts.sum(axis=1), axis=0).add_prefix("fraction_")).reset_index()
     tables = {"celltype/cells": cells, "celltype/wells": wells}

@@ -3,7 +3,9 @@
 One task per field reads the reporter channel (z planes averaged), the nucleus labels and,
 when the store has them, the cell labels, and calls :func:`cellflow.live.ktr.ktr_ratios`
 (Van Valen et al. 2016). Its rows (one per nucleus, keyed ``plate, well, site, t, label``)
-become ``<tables>/ktr/cells.parquet``; when the run also tracked the nuclei
+go to a Parquet part in the store (``<store>/tables/ktr/<plate>/<well>_s<site>_t<t>.parquet``,
+referenced from the task log: :mod:`cellflow.graph._parts`) and become
+``<tables>/ktr/cells.parquet``; when the run also tracked the nuclei
 (``<tables>/tracks/tracks.parquet``, the ``track`` stage), ``ktr/tracks.parquet`` joins
 every row to its track, so a cell's ratio can be followed over time; ``ktr/wells.parquet``
 holds the median ratio per well and frame.
@@ -22,6 +24,7 @@ import pandas as pd
 from cellflow._config import check_keys
 from cellflow._files import write_parquet
 from cellflow.errors import RegionError
+from cellflow.graph._parts import field_part, parts_frame, tables_group
 from cellflow.graph._stage import StageGraph, TaskResult, available_variables, guarded, per_field_graph
 from cellflow.live.ktr import KTR_METHODS, join_tracks, ktr_ratios
 from cellflow.screen.store import FieldKey, Screen
@@ -85,9 +88,7 @@ def _ktr_field(screen: Screen, key: FieldKey, params: KtrParams, extent: tuple[i
         cell_erosion_px=params.cell_erosion_px, min_cytoplasm_px=params.min_cytoplasm_px,
         background=params.background,
     )
-    rows = tuple({**where, **{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}}
-                 for row in table.to_dict(orient="records"))
-    return TaskResult(stage=_STAGE, field=key, rows=rows)
+    return TaskResult(stage=_STAGE, field=key, rows=(field_part(screen, _STAGE, key, table),))
 
 
 def build_ktr(screen: Screen, params: KtrParams, *, after: StageGraph | None = None,
@@ -110,17 +111,18 @@ def build_ktr(screen: Screen, params: KtrParams, *, after: StageGraph | None = N
     cells = params.cells if params.cells is not None else ("labels_cells" if "labels_cells" in available else "")
     if not cells and params.method != "ring":
         raise RegionError(f"ktr: method {params.method!r} needs cell labels; the store has none (use 'ring')")
+    tables_group(screen)
     return per_field_graph(_STAGE, _ktr_field, screen, replace(params, cells=cells), after=after, fields=fields)
 
 
 def ktr_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path,
                params: KtrParams | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
     """``ktr/cells.parquet`` (+ ``ktr/tracks.parquet`` when the run tracked, ``ktr/wells.parquet``)."""
-    if not rows:
+    cells = parts_frame(rows)
+    if cells.empty:
         return {}, {}
     folder = Path(out_dir) / "ktr"
     folder.mkdir(parents=True, exist_ok=True)
-    cells = pd.DataFrame(list(rows))
     tables = {"ktr/cells": cells}
     tracks_file = Path(out_dir) / "tracks" / "tracks.parquet"
     if tracks_file.is_file():

@@ -13,7 +13,9 @@ its field's table itself, as one Parquet part per field and label variable::
 keyed by ``plate, well, site, t, label``. ``tables/`` is made an (empty) zarr group on the
 client, so zarr does not warn about a foreign folder when it lists the store. A part is written to a temporary name and
 renamed (``os.replace``), so a killed task never leaves half a file, and a rerun
-overwrites the same part (idempotent). :func:`read_objects` reads them back.
+overwrites the same part (idempotent). The field's summary row references its parts
+(:mod:`cellflow.graph._parts`), so a resumed run redoes a field whose part was deleted
+or changed since. :func:`read_objects` reads them back.
 
 Intensities. Channels are offset-subtracted and divided by the store's ``illumination``
 with the rule of the autolabel stage (:mod:`cellflow.graph.autolabel`): when the
@@ -40,12 +42,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import zarr
 
 from cellflow._config import check_keys
 from cellflow._files import write_parquet
 from cellflow.errors import RegionError
-from cellflow.graph._stage import StageGraph, TaskResult, per_field_graph
+from cellflow.graph._parts import PART_KEYS, tables_group, write_part
+from cellflow.graph._stage import StageGraph, TaskResult, per_field_graph, written_upstream
 from cellflow.graph.autolabel import _complete_illumination
 from cellflow.graph.illumination import IlluminationParams, resolve_offset
 from cellflow.ops.illumination import apply_illumination
@@ -221,21 +223,14 @@ def build_measure(screen: Screen, params: MeasureParams, *, after: StageGraph | 
     channels = _check(screen, params)
     corrected: frozenset[tuple[str, str]] | None = frozenset()
     if params.illumination:
-        upstream = after is not None and any(spec.name == _ILLUMINATION for spec in after.outputs)
+        upstream = _ILLUMINATION in written_upstream(after)
         corrected = None if upstream else frozenset(_complete_illumination(screen))
-    _tables_group(screen)
+    tables_group(screen)
     plan = _Plan(
         params, channels, resolve_offset(screen, IlluminationParams(offset=params.offset)), corrected,
         link_cells="labels_cells" in screen.variables,
     )
     return per_field_graph(_STAGE, _measure_field, screen, plan, after=after, fields=fields)
-
-
-def _tables_group(screen: Screen) -> None:
-    """Make ``<store>/tables`` a zarr group (client side), so zarr skips it quietly when listing the store."""
-    group = zarr.open_group(screen.path, mode="r+").require_group("tables")
-    if "description" not in group.attrs:
-        group.attrs["description"] = "Parquet tables of cellflow stages (objects/<labels>/<plate>/<part>.parquet)"
 
 
 # ---------------------------------------------------------------------------- task body
@@ -262,11 +257,6 @@ def _plane(screen: Screen, key: FieldKey, plan: _Plan, channel: str, crop: tuple
     if z == "max":
         return np.asarray(signal.max(axis=0))
     return np.asarray(signal[int(z)])
-
-
-def _write_part(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet(path, table)
 
 
 def _summary(table: pd.DataFrame, dna: str | None, exclude_border: bool) -> dict[str, Any]:
@@ -302,9 +292,9 @@ def _measure_field(screen: Screen, key: FieldKey, plan: _Plan, extent: tuple[int
         table = pd.DataFrame({"plate": key.plate, "well": key.well, "site": key.site, "t": key.t, **columns},
                              index=pd.RangeIndex(len(columns["label"])))
         path = object_part_path(screen.path, name, key)
-        _write_part(table, path)
+        reference = write_part(path, table)  # checked on resume: a part deleted since makes the field run again
         rows.append({**where, "labels": name, **_summary(table, dna, plan.params.ploidy.exclude_border),
-                     "path": str(path)})
+                     "path": str(path), **reference})
     return TaskResult(stage=_STAGE, field=key, rows=tuple(rows))
 
 
@@ -332,7 +322,8 @@ def measure_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, params: Mea
     if not rows:
         return {}, {}
     params = params or MeasureParams()
-    wells, fields = well_table(pd.DataFrame(list(rows)), params.ploidy)
+    summaries = pd.DataFrame(list(rows)).drop(columns=list(PART_KEYS), errors="ignore")  # "path" names the part
+    wells, fields = well_table(summaries, params.ploidy)
     tables = {"measurements/fields": fields, "measurements/wells": wells}
     if params.controls is not None:
         tables["measurements/zprime"] = zprime_table(wells, params.controls)

@@ -8,8 +8,11 @@ Tracking needs a site's whole movie, so unlike per-field stages a task covers
 every acquired ``t`` of one site and waits for the upstream tasks of all those
 fields (``after.by_field[key]`` for each key, else all upstream tasks). Each field
 key of the site maps to its site's task in ``by_field``. The stage writes no
-variable; its rows carry a ``table`` column (``tracks``, ``lineages``, ``fields``)
-that :func:`track_tables` splits into ``out_dir/tracks/<table>.parquet``.
+variable. Its tracks and lineages (a row per track) go to Parquet parts in the store,
+``<store>/tables/track/<labels>/<plate>/<well>_s<site>_{tracks,lineages}.parquet``, referenced
+from the task log (:mod:`cellflow.graph._parts`); its rows carry a ``table`` column
+(``tracks``, ``lineages``: the references; ``fields``: the site's summary) that
+:func:`track_tables` turns into ``out_dir/tracks/<table>.parquet``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dask.delayed import Delayed
 
 from cellflow._config import check_keys
 from cellflow._files import write_parquet
+from cellflow.graph._parts import parts_frame, tables_group, write_part
 from cellflow.graph._stage import StageGraph, TaskResult, require_variables, upstream_of
 from cellflow.live import TrackParams, field_summary, lineage_table, track_labels, tracks_frame
 from cellflow.metrics import field_extents, select_fields
@@ -72,8 +76,12 @@ def _track_site(
     lineages = lineage_table(tracks)
     site = {"plate": keys[0].plate, "well": keys[0].well, "site": keys[0].site}
     rows: list[dict[str, Any]] = []
-    for table, frame in (("tracks", tracks), ("lineages", lineages)):
-        rows += [{"table": table, **site, **row} for row in frame.to_dict(orient="records")]
+    for table, frame in (("tracks", tracks), ("lineages", lineages)):  # per-track rows: a part each, not the log
+        frame = pd.concat([pd.DataFrame(site, index=frame.index), frame.drop(columns=list(site), errors="ignore")],
+                          axis=1)
+        path = (Path(screen.path) / "tables" / _STAGE / params.labels / keys[0].plate
+                / f"{keys[0].well}_s{keys[0].site}_{table}.parquet")
+        rows.append({"table": table, **site, **write_part(path, frame)})
     rows.append({"table": "fields", **site, "labels": params.labels, "n_t": len(keys),
                  **field_summary(tracks, lineages)})
     return TaskResult(stage=_STAGE, field=keys[0], rows=tuple(rows))
@@ -107,6 +115,7 @@ def build_track(
         delayed = task(screen, keys, params, extents.get(keys[0]), *upstream)
         tasks.append(delayed)
         by_field.update(dict.fromkeys(keys, delayed))
+    tables_group(screen)
     return StageGraph(name=_STAGE, outputs=(), tasks=tuple(tasks), by_field=by_field)
 
 
@@ -121,7 +130,7 @@ def track_tables(
     tables: dict[str, pd.DataFrame] = {}
     paths: dict[str, Path] = {}
     for name in _TABLES:
-        table = pd.DataFrame([{k: v for k, v in row.items() if k != "table"} for row in rows if row["table"] == name])
+        table = parts_frame(row for row in rows if row["table"] == name).drop(columns="table", errors="ignore")
         path = folder / f"{name}.parquet"
         write_parquet(path, table)
         tables[f"tracks/{name}"], paths[f"tracks/{name}"] = table, path

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -97,7 +98,13 @@ def plan_graphs(screen: Screen, spec: PipelineSpec, *, resume: bool = True, veri
     previous_full: StageGraph | None = None
     previous_run: StageGraph | None = None
     upstream: dict[Any, str] = {}
+    written: set[str] = set()  # what the stages so far write: downstream stages run after those writes
     for name, entry, params in spec.stage_entries():
+        if previous_full is not None and previous_run is not None:
+            chain = frozenset(written - {v.name for v in previous_full.outputs})
+            whole = previous_run is previous_full
+            previous_full = dataclasses.replace(previous_full, written_before=chain)
+            previous_run = previous_full if whole else dataclasses.replace(previous_run, written_before=chain)
         full = entry.build(screen, params, after=previous_full)
         full.create_outputs(screen, replace=replace)
         plan = plan_stage(screen, name, params, full, upstream=upstream, inputs=inputs, resume=resume, verify=verify)
@@ -111,6 +118,7 @@ def plan_graphs(screen: Screen, spec: PipelineSpec, *, resume: bool = True, veri
         else:
             graph = entry.build(screen, params, after=previous_run, fields=[f for u in plan.todo for f in u.fields])
         planned.append(PlannedStage(name, plan, graph))
+        written |= {v.name for v in full.outputs}
         upstream = plan.token_of
         previous_full, previous_run = full, graph
     return planned

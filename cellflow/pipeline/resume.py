@@ -19,11 +19,12 @@ Completion is recorded in a per-stage append-only **task log**
 a unit winning: ``pending`` before a unit is (re)computed, ``done`` (with the chunk
 records it wrote and its table rows) after its writes returned and the chunk ledger
 was marked, or ``failed`` (with the error). A unit is skipped on resume only if its
-last line is ``done`` with the same token and every chunk it wrote still carries the
+last line is ``done`` with the same token, every chunk it wrote still carries the
 recorded digest in the store's ledger (and, with ``verify``, re-hashing the chunk's
-bytes gives that digest). A line torn by a kill is ignored. Lines are flushed and
-fsync'ed before the client goes on, so a SIGKILL of the runner loses at most the
-units that were in flight.
+bytes gives that digest), and every table part its rows reference is still there with
+its recorded size (and SHA-256, with ``verify``; :mod:`cellflow.graph._parts`). A line
+torn by a kill is ignored. Lines are flushed and fsync'ed before the client goes on, so
+a SIGKILL of the runner loses at most the units that were in flight.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 
 from cellflow._files import append_lines
 from cellflow.graph import StageGraph, TaskResult
+from cellflow.graph._parts import part_intact
 from cellflow.screen.layout import DIMS_FIELD
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen, _dims, chunk_digest
 
@@ -243,6 +245,8 @@ class StagePlan:
 
 
 def _still_valid(screen: Screen, entry: Mapping[str, Any], ledgers: dict[str, np.ndarray], verify: bool) -> bool:
+    if not all(part_intact(row, verify=verify) for row in entry.get("rows", ())):
+        return False  # a table part it wrote was deleted or changed since
     for variable, index, digest in entry.get("records", ()):
         if variable not in ledgers:
             if variable not in screen.variables:

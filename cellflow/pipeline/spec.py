@@ -85,8 +85,8 @@ class KubernetesSpec(_Strict):
     (the default) leaves it out.
     """
 
-    image: str = Field(default="ghcr.io/cellflow/cellflow:0.1.0", min_length=1)
-    gpu_image: str = Field(default="ghcr.io/cellflow/cellflow:0.1.0-cuda", min_length=1)
+    image: str = Field(default="ghcr.io/cellflow/cellflow:0.2.0", min_length=1)
+    gpu_image: str = Field(default="ghcr.io/cellflow/cellflow:0.2.0-cuda", min_length=1)
     namespace: str = Field(default="cellflow", pattern=_DNS_LABEL)
     scheduler_cpu: str = Field(default="1", pattern=_QUANTITY)
     scheduler_memory: str = Field(default="2Gi", pattern=_QUANTITY)

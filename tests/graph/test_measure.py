@@ -265,3 +265,31 @@ def test_spec_end_to_end_with_threads(tmp_path, monkeypatch):
     fields = result.tables["measurements/fields"]
     assert fields.loc[fields["labels"] == "labels_nuclei", "n_objects"].sum() == len(objects)
     assert len(result.tables["measurements/zprime"]) > 0
+
+
+def test_a_spec_run_measures_on_the_illumination_it_corrects_two_stages_earlier(tmp_path):
+    """illumination -> autolabel -> measure: the measure stage's direct upstream (autolabel) writes no
+    illumination, but the run computes it before measuring, so the intensities must be flat-fielded, the
+    same as a measure built once the illumination is in the store (what a resumed run does for a redone
+    field). Measuring raw intensities in the first run and corrected ones on resume mixed both in a plate."""
+    from cellflow.pipeline import run_spec
+    from cellflow.pipeline.spec import parse_spec
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "specs" / "measure-synthetic.yaml").read_text())
+    spec["input"]["synthetic"].update(shape_yx=[96, 112], sites=1, wells=["A01", "B01"], g2_fraction_by_well={},
+                                      illumination_falloff=0.5)
+    spec["input"]["store"] = str(tmp_path / "screen.zarr")
+    spec["output"]["tables"] = str(tmp_path / "tables")
+    spec["cluster"] = {"kind": "threads"}
+    spec["stages"]["measure"].pop("controls")
+    result = run_spec(parse_spec(spec), progress=False)
+    assert result.status == "ok", result.error
+    in_run = read_objects(result.screen, "labels_nuclei")
+    params = MeasureParams(labels=("labels_nuclei",), dna_channel="DNA")
+    run_measure(result.screen, params, tmp_path / "again")  # built now: the store's illumination is complete
+    afterwards = read_objects(result.screen, "labels_nuclei")
+    np.testing.assert_allclose(in_run["dna_content"], afterwards["dna_content"], rtol=1e-6)
+    run_measure(result.screen, MeasureParams(labels=("labels_nuclei",), dna_channel="DNA", illumination=False),
+                tmp_path / "raw")
+    raw = read_objects(result.screen, "labels_nuclei")
+    assert np.abs(raw["dna_content"] / in_run["dna_content"] - 1).max() > 0.05  # the correction is not a no-op
