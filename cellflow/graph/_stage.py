@@ -97,7 +97,7 @@ class TaskResult:
     stage: str
     field: FieldKey | None = None
     records: tuple[ChunkRecord, ...] = ()
-    rows: tuple[Mapping[str, Any], ...] = ()
+    rows: Sequence[Mapping[str, Any]] = ()  # a tuple of dicts, or the runner's LoggedRows
     error: str | None = None
     #: The error is the machine's (disk full, read-only: :data:`HALT_ERRNOS`), not the field's:
     #: the runner stops, and the unit is left to be redone, not quarantined.

@@ -40,6 +40,7 @@ from cellflow.cluster import compute
 from cellflow.errors import halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.resume import (
+    LoggedRows,
     StagePlan,
     TaskLog,
     Unit,
@@ -214,6 +215,9 @@ class _Recorder:
             if result.halt:
                 _stop_for_storage(self.execution, f"{result.error} in {stage} {unit.id}")
         results = [(stage, unit, result) for stage, unit, result in results if not result.halt]  # left pending
+        # what is kept until the tables are written: the rows as their log text (see LoggedRows)
+        kept = [dataclasses.replace(result, rows=LoggedRows.of(result.rows)) if result.error is None else result
+                for _, _, result in results]
         by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
         for _, _, result in results:
             if result.error is None:
@@ -225,20 +229,20 @@ class _Recorder:
             self.ledgers[name].mark(records)  # the writes returned before the tasks did
             self.execution.chunks_written[name] = self.execution.chunks_written.get(name, 0) + len(records)
         entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for stage, unit, result in results:
+        for (stage, unit, _), result in zip(results, kept):
             if unit.token:
                 entries[stage].append(done_entry(unit, result) if result.error is None
                                       else failed_entry(unit, result.error))
         for stage, lines in entries.items():
             self.logs[stage].append(lines)
-        for stage, unit, result in results:
+        for (stage, unit, result), compact in zip(results, kept):
             counts = self.execution.counts[stage]
             if result.error is None:
                 counts["done"] += 1
             else:
                 counts["quarantined"] += 1
                 self.execution.quarantined.extend(Quarantine(stage, field_id(f), result.error) for f in unit.fields)
-            self.execution.results.append(result)
+            self.execution.results.append(compact)
             self.execution.finished_s[stage] = time.perf_counter() - self.start
             self.advance(stage)
             if self.on_unit is not None:

@@ -29,9 +29,10 @@ a SIGKILL of the runner loses at most the units that were in flight.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from cellflow.graph._parts import part_intact
 from cellflow.screen.layout import DIMS_FIELD
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen, _dims, chunk_digest
 
-__all__ = ["StagePlan", "TaskLog", "Unit", "field_id", "input_digests", "plan_stage"]
+__all__ = ["LoggedRows", "StagePlan", "TaskLog", "Unit", "field_id", "input_digests", "plan_stage"]
 
 _LOG_DIR = ("_cellflow", "tasks")
 
@@ -67,6 +68,73 @@ class Unit:
     token: str
 
 
+class LoggedRows(Sequence[Mapping[str, Any]]):
+    """A unit's table rows held as their JSON text (the task log's), parsed each time they are read.
+
+    The runner keeps every unit's rows from planning (skipped units) or completion until the
+    tables are written at the end, stage by stage; as parsed Python objects they took 5-7x the
+    bytes of their text (~23 KiB per 520x696 field for autolabel + measure, ~22 GiB at 10^6
+    fields). Rows a task returned and rows read back from the log are both held this way, so
+    the tables of a resumed run are made from exactly what a fresh run's are made from.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @classmethod
+    def of(cls, rows: Iterable[Mapping[str, Any]]) -> LoggedRows:
+        """The rows' JSON text (arrays as :func:`_json_default` writes them)."""
+        return cls(json.dumps([dict(row) for row in rows], default=_json_default))
+
+    def _parsed(self) -> list[Mapping[str, Any]]:
+        return [_decoded(row) for row in json.loads(self.text)]
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._parsed()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LoggedRows):
+            return self.text == other.text
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LoggedRows({self.text[:60]!r}{'...' if len(self.text) > 60 else ''})"
+
+
+#: A ``done`` line as :func:`done_entry` and :meth:`TaskLog.append` write it: its rows last.
+_DONE_KEYS = ["unit", "status", "token", "records", "rows"]
+_ROWS_KEY = ', "rows": '
+
+
+def _keep_rows_as_text(entry: dict[str, Any], line: str) -> dict[str, Any]:
+    """``entry`` (parsed from ``line``) with its rows as :class:`LoggedRows` sliced from the line.
+
+    Only for lines of the standard form (keys in :data:`_DONE_KEYS` order, records a list of
+    lists): there the first ``, "rows": `` of the line is the top-level key (no object comes
+    before it, and a quote inside a string is escaped), and the rows' JSON runs to the final
+    ``}``. Any other line keeps its parsed rows.
+    """
+    if (list(entry) != _DONE_KEYS or not isinstance(entry["rows"], list) or not entry["rows"]
+            or not all(isinstance(r, list) for r in entry["records"]) or not line.endswith("}\n")):
+        return entry
+    start = line.find(_ROWS_KEY)
+    text = line[start + len(_ROWS_KEY):-2] if start >= 0 else ""
+    if not (text.startswith("[") and text.endswith("]")):
+        return entry
+    entry["rows"] = LoggedRows(text)
+    return entry
+
+
 class TaskLog:
     """The append-only completion log of one stage in a store (see the module docstring)."""
 
@@ -84,11 +152,14 @@ class TaskLog:
         """
         if not self.path.exists():
             return {}
-        last: dict[str, str] = {}
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                if not line.endswith("\n"):
+        last: dict[str, int] = {}  # unit -> byte offset of its last line (lines are not kept: ~GBs at 10^6 units)
+        with open(self.path, "rb") as handle:
+            offset = 0
+            for raw in handle:
+                start, offset = offset, offset + len(raw)
+                if not raw.endswith(b"\n"):
                     break  # torn by a kill mid-write
+                line = raw.decode("utf-8", errors="replace")
                 unit = _unit_of(line)
                 if unit is None:
                     try:
@@ -96,18 +167,20 @@ class TaskLog:
                         unit = entry["unit"]
                     except (json.JSONDecodeError, TypeError, KeyError):
                         continue
-                last[unit] = line
-        latest: dict[str, dict[str, Any]] = {}
-        for unit, line in last.items():
-            try:
-                latest[unit] = json.loads(line)
-            except json.JSONDecodeError:
-                return self._load_every_line()  # a damaged line: the slow, exact way
+                last[unit] = start
+            latest: dict[str, dict[str, Any]] = {}
+            for unit, start in sorted(last.items(), key=lambda item: item[1]):  # one forward pass over the file
+                handle.seek(start)
+                try:
+                    line = handle.readline().decode("utf-8")
+                    latest[unit] = _keep_rows_as_text(json.loads(line), line)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    return self._load_every_line()  # a damaged line: the slow, exact way
         return latest
 
     def _load_every_line(self) -> dict[str, dict[str, Any]]:
         latest: dict[str, dict[str, Any]] = {}
-        with open(self.path, encoding="utf-8") as handle:
+        with open(self.path, encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 if not line.endswith("\n"):
                     break
@@ -119,12 +192,24 @@ class TaskLog:
         return latest
 
     def append(self, entries: Iterable[Mapping[str, Any]]) -> None:
-        """Append entries durably (flushed and fsync'ed before returning)."""
-        lines = "".join(json.dumps(dict(e), default=_json_default) + "\n" for e in entries)
+        """Append entries durably (flushed and fsync'ed before returning).
+
+        Rows given as :class:`LoggedRows` (the last key, as :func:`done_entry` puts them) are
+        written as their text, not serialised again.
+        """
+        lines = "".join(_line(e) for e in entries)
         if not lines:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         append_lines(self.path, lines, sync=True)
+
+
+def _line(entry: Mapping[str, Any]) -> str:
+    rows = entry.get("rows")
+    if isinstance(rows, LoggedRows) and list(entry)[-1] == "rows":
+        head = json.dumps({k: v for k, v in entry.items() if k != "rows"}, default=_json_default)
+        return f"{head[:-1]}{_ROWS_KEY}{rows.text}}}\n"
+    return json.dumps(dict(entry), default=_json_default) + "\n"
 
 
 _LINE_START = '{"unit": "'
@@ -139,20 +224,36 @@ def _unit_of(line: str) -> str | None:
     return None if end < 0 or "\\" in unit else unit  # an escaped character: let json read it
 
 
+_ARRAY = "__ndarray__"
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and value.ndim == 1:
+        # kept an array through the log (a row's histogram): a list of Python ints would take ~9x the memory
+        data = np.ascontiguousarray(value, value.dtype.newbyteorder("<"))
+        return {_ARRAY: base64.b64encode(data.tobytes()).decode("ascii"), "dtype": data.dtype.str}
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
 
 
+def _decoded(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A logged row with its arrays (see :func:`_json_default`) decoded; the row itself when it has none."""
+    if not any(isinstance(v, dict) and _ARRAY in v for v in row.values()):
+        return row
+    return {k: np.frombuffer(base64.b64decode(v[_ARRAY]), np.dtype(v["dtype"])).copy()
+            if isinstance(v, dict) and _ARRAY in v else v for k, v in row.items()}
+
+
 def done_entry(unit: Unit, result: TaskResult) -> dict[str, Any]:
-    """The log line of a unit that finished."""
+    """The log line of a unit that finished (its rows last, as :class:`LoggedRows` when they are)."""
+    rows = result.rows if isinstance(result.rows, LoggedRows) else [dict(row) for row in result.rows]
     return {
         "unit": unit.id, "status": "done", "token": unit.token,
         "records": [[r.variable, list(r.index), str(r.digest)] for r in result.records],
-        "rows": [dict(row) for row in result.rows],
+        "rows": rows,
     }
 
 
@@ -170,7 +271,9 @@ def entry_result(stage: str, unit: Unit, entry: Mapping[str, Any]) -> TaskResult
     """A skipped unit's result as recorded (its rows feed the tables like a fresh result's)."""
     records = tuple(ChunkRecord(v, tuple(i), int(d)) for v, i, d in entry.get("records", ()))
     key = unit.fields[0] if len(unit.fields) == 1 else None
-    return TaskResult(stage=stage, field=key, records=records, rows=tuple(entry.get("rows", ())))
+    rows = entry.get("rows", ())
+    rows = rows if isinstance(rows, LoggedRows) else LoggedRows.of(map(_decoded, rows))
+    return TaskResult(stage=stage, field=key, records=records, rows=rows)
 
 
 # ---------------------------------------------------------------------------- tokens

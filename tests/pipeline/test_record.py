@@ -207,3 +207,74 @@ def test_task_log_load_equals_parsing_every_line(store, seed):
     log.path.parent.mkdir(parents=True, exist_ok=True)
     log.path.write_text(text, encoding="utf-8")
     assert log.load() == _every_line(log.path)
+
+
+def test_a_rows_arrays_come_back_from_the_task_log_as_the_same_arrays(tmp_path):
+    """A skipped unit's rows are read back from the log: a 1-D numeric array (a field's DNA histogram) must come
+    back as an array of the same dtype and values (as a list of Python ints it took ~9x the memory), other
+    values as JSON gives them."""
+    from cellflow.pipeline.resume import done_entry, entry_result
+
+    rng = np.random.default_rng(4)
+    row = {"plate": "P1", "n": np.int64(7), "bins": rng.integers(-50, 3000, 200).astype(np.int32),
+           "counts": rng.integers(0, 9, 200).astype(np.uint16), "weights": rng.normal(size=5),
+           "empty": np.zeros(0, np.int64), "grid": np.arange(4).reshape(2, 2), "plain": [1, 2]}
+    unit = Unit(id="P1/A01/0/0", fields=(FieldKey("P1", "A01", 0, 0.0),), token="t")
+
+    class _Store:
+        path = tmp_path
+
+    log = TaskLog(_Store(), "measure")  # type: ignore[arg-type]
+    log.append([done_entry(unit, TaskResult(stage="measure", rows=(row,)))])
+    (back,) = entry_result("measure", unit, log.load()[unit.id]).rows
+    assert set(back) == set(row)
+    for key in ("bins", "counts", "weights", "empty"):
+        assert isinstance(back[key], np.ndarray) and back[key].dtype == row[key].dtype, key
+        np.testing.assert_array_equal(back[key], row[key])
+        back[key][...] = 0  # an array of its own, writable
+    assert back["n"] == 7 and back["grid"] == [[0, 1], [2, 3]] and back["plain"] == [1, 2] and back["plate"] == "P1"
+
+
+def test_rows_kept_as_log_text_are_written_and_read_back_exactly(tmp_path):
+    """The runner keeps rows as their JSON text (LoggedRows): the log line it writes from that text must be the
+    line json.dumps writes from the rows, and load() must slice each line's rows exactly, even when a row holds
+    a nested "rows" key or a string that looks like the key; a line of another form keeps its parsed rows."""
+    import json
+
+    from cellflow.pipeline.resume import LoggedRows, _json_default, _line, done_entry, entry_result
+
+    rng = np.random.default_rng(12)
+    tricky = ['a, "rows": [1]}', 'quote " and \\ slash', "ünïcode", '{"rows": []}']
+
+    def random_rows() -> list[dict]:
+        return [{"plate": "P1", "i": int(rng.integers(0, 9)), "x": float(rng.normal()), "s": str(rng.choice(tricky)),
+                 "nested": {"k": None, "rows": [int(rng.integers(0, 5))]}, "hist": rng.integers(0, 99, 5)}
+                for _ in range(int(rng.integers(0, 4)))]
+
+    class _Store:
+        path = tmp_path
+
+    log = TaskLog(_Store(), "s")  # type: ignore[arg-type]
+    expected = {}
+    for i in range(40):
+        unit = Unit(id=f'P1/A{i:02d}/0/0' if i % 7 else f'odd "id" {i}', fields=(FieldKey("P1", "A01", 0, 0.0),),
+                    token=f"tok{i}")
+        rows = random_rows()
+        plain = done_entry(unit, TaskResult(stage="s", rows=tuple(rows)))
+        kept = done_entry(unit, TaskResult(stage="s", rows=LoggedRows.of(rows)))
+        assert _line(kept) == json.dumps(plain, default=_json_default) + "\n"  # same bytes either way
+        log.append([kept])
+        expected[unit.id] = rows
+    reordered = {"rows": [{"a": 1}], "unit": "other", "status": "done", "token": "t", "records": []}
+    with log.path.open("a") as handle:
+        handle.write(json.dumps(reordered) + "\n")
+    loaded = log.load()
+    for unit_id, rows in expected.items():
+        got = list(entry_result("s", Unit(unit_id, (), "t"), loaded[unit_id]).rows)
+        assert len(got) == len(rows)
+        for g, r in zip(got, rows):
+            assert {k: v for k, v in g.items() if k != "hist"} == {k: v for k, v in r.items() if k != "hist"}
+            np.testing.assert_array_equal(g["hist"], r["hist"])
+        if rows:
+            assert isinstance(loaded[unit_id]["rows"], LoggedRows)
+    assert loaded["other"]["rows"] == [{"a": 1}] and not isinstance(loaded["other"]["rows"], LoggedRows)
