@@ -94,7 +94,16 @@ def prepare_input(spec: InputSpec, *, scheduler: Any = None, console: Console | 
         return Screen.open(store)
     if store.exists():
         _check_replaceable(store, spec)
+    source = ("synthetic screen" if spec.synthetic is not None else
+              f"{spec.nuclei_pairs}" if spec.nuclei_pairs is not None else f"{spec.folder}")
+    if console is not None:  # a plate's ingest or synthesis takes minutes: say what is going on
+        console.print(f"creating {store} from {source}" + (" (progress: the dask dashboard)" if scheduler else ""),
+                      highlight=False)
+    start = time.perf_counter()
     screen = _create_input(spec, store, scheduler)
+    if console is not None:
+        console.print(f"{store}: {len(screen.fields())} fields in {time.perf_counter() - start:.0f} s",
+                      highlight=False)
     group = zarr.open_group(store, mode="r+")
     meta = dict(group.attrs["cellflow"])  # type: ignore[arg-type]
     group.attrs["cellflow"] = {**meta, "source": _source_fingerprint(spec)}

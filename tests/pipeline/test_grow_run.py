@@ -50,8 +50,12 @@ def test_files_added_between_runs_are_analysed_like_a_clean_run(tmp_path, acquis
     for path in sorted(acquisition.iterdir()):
         if path.name.startswith("P1_B01"):  # the first well imaged
             (live / path.name).write_bytes(path.read_bytes())
-    first = run_spec(_spec(tmp_path / "live", live), progress=False, scheduler=scheduler)
+    console = Console(record=True, width=300)
+    first = run_spec(_spec(tmp_path / "live", live), progress=False, scheduler=scheduler, console=console)
     assert first.status == "ok" and first.stages["autolabel"]["done"] == 2
+    store = tmp_path / "live" / "s.zarr"  # making the store is announced, and what it holds when made
+    said = console.export_text()
+    assert f"creating {store} from {live}" in said and f"{store}: 2 fields in " in said
     for path in acquisition.iterdir():  # the rest of the plate, and a second plate
         (live / path.name).write_bytes(path.read_bytes())
     console = Console(record=True, width=300)
