@@ -27,7 +27,7 @@ import zarr
 from cellflow._files import write_parquet
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["PART_KEYS", "field_part", "part_intact", "parts_frame", "tables_group", "write_part"]
+__all__ = ["PART_KEYS", "field_part", "keyed_part", "part_intact", "parts_frame", "tables_group", "write_part"]
 
 #: The keys of a reference row that point to its part (bookkeeping, not readouts).
 PART_KEYS = ("part", "part_rows", "part_bytes", "part_sha256")
@@ -59,14 +59,19 @@ def write_part(path: str | Path, frame: pd.DataFrame) -> dict[str, Any]:
             "part_sha256": _sha256(path)}
 
 
+def keyed_part(path: str | Path, keys: Mapping[str, Any], table: pd.DataFrame) -> dict[str, Any]:
+    """Write ``table`` with the ``keys`` columns put first (e.g. plate, well, site) as a part; its
+    reference row, keys included."""
+    table = pd.concat([pd.DataFrame(dict(keys), index=table.index), table.drop(columns=list(keys), errors="ignore")],
+                      axis=1)
+    return {**keys, **write_part(path, table)}
+
+
 def field_part(screen: Screen, stage: str, key: FieldKey, table: pd.DataFrame) -> dict[str, Any]:
     """Write one field's per-object ``table`` (its key columns put first) as the part
     ``<store>/tables/<stage>/<plate>/<well>_s<site>_t<t>.parquet``; the field's reference row."""
-    where = key._asdict()
-    table = pd.concat([pd.DataFrame(where, index=table.index), table.drop(columns=list(where), errors="ignore")],
-                      axis=1)
     path = Path(screen.path) / "tables" / stage / key.plate / f"{key.well}_s{key.site}_t{key.t:g}.parquet"
-    return {**where, **write_part(path, table)}
+    return keyed_part(path, key._asdict(), table)
 
 
 def part_intact(row: Mapping[str, Any], *, verify: bool = False) -> bool:

@@ -30,7 +30,7 @@ from dask.delayed import Delayed
 
 from cellflow._config import check_keys
 from cellflow._files import write_parquet
-from cellflow.graph._parts import parts_frame, tables_group, write_part
+from cellflow.graph._parts import keyed_part, parts_frame, tables_group
 from cellflow.graph._stage import StageGraph, TaskResult, require_variables, upstream_of
 from cellflow.live import TrackParams, field_summary, lineage_table, track_labels, tracks_frame
 from cellflow.metrics import field_extents, select_fields
@@ -77,11 +77,9 @@ def _track_site(
     site = {"plate": keys[0].plate, "well": keys[0].well, "site": keys[0].site}
     rows: list[dict[str, Any]] = []
     for table, frame in (("tracks", tracks), ("lineages", lineages)):  # per-track rows: a part each, not the log
-        frame = pd.concat([pd.DataFrame(site, index=frame.index), frame.drop(columns=list(site), errors="ignore")],
-                          axis=1)
         path = (Path(screen.path) / "tables" / _STAGE / params.labels / keys[0].plate
                 / f"{keys[0].well}_s{keys[0].site}_{table}.parquet")
-        rows.append({"table": table, **site, **write_part(path, frame)})
+        rows.append({"table": table, **keyed_part(path, site, frame)})
     rows.append({"table": "fields", **site, "labels": params.labels, "n_t": len(keys),
                  **field_summary(tracks, lineages)})
     return TaskResult(stage=_STAGE, field=keys[0], rows=tuple(rows))
