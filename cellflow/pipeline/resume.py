@@ -272,7 +272,7 @@ def entry_result(stage: str, unit: Unit, entry: Mapping[str, Any]) -> TaskResult
     records = tuple(ChunkRecord(v, tuple(i), int(d)) for v, i, d in entry.get("records", ()))
     key = unit.fields[0] if len(unit.fields) == 1 else None
     rows = entry.get("rows", ())
-    rows = rows if isinstance(rows, LoggedRows) else LoggedRows.of(map(_decoded, rows))
+    rows = rows if isinstance(rows, LoggedRows) else LoggedRows.of(rows)  # arrays stay encoded until read
     return TaskResult(stage=stage, field=key, records=records, rows=rows)
 
 
