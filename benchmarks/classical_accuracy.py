@@ -54,8 +54,9 @@ NUCLEI_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei"
 U2OS_SHAPE = (520, 696)
 DSB_SOURCES = ["dsb2018_stage1_test", "dsb2018_stage1_train_subset"]
 BINS = ("0_250", "250_625", "625_900", "900_inf")
-#: The naive baseline: Otsu x 1, distance-transform watershed, no edge refinement, no size filter.
-NAIVE = NucleiParams(threshold_correction=1.0, edge_level=None, min_diameter_fraction=None, max_diameter_fraction=None)
+#: The naive baseline: Otsu x 1, distance-transform watershed, no seam cut, no edge refinement, no size filter.
+NAIVE = NucleiParams(threshold_correction=1.0, valley_depth=None, edge_level=None, min_diameter_fraction=None,
+                     max_diameter_fraction=None)
 
 
 def run_stages(screen: Screen, *graphs: StageGraph) -> float:
@@ -111,6 +112,7 @@ def synthetic(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "diameter_estimated": AutolabelParams(),
         "no_edge_refinement": AutolabelParams(diameter_um=spec.nucleus_diameter_um,
                                               nuclei=NucleiParams(edge_level=None)),
+        "no_seam_cut": AutolabelParams(diameter_um=spec.nucleus_diameter_um, nuclei=NucleiParams(valley_depth=None)),
         "naive_otsu_distance_watershed": AutolabelParams(diameter_um=spec.nucleus_diameter_um, nuclei=NAIVE),
     }
     out["nuclei_ablations"] = {}
@@ -139,6 +141,8 @@ def u2os(workdir: Path) -> dict[str, Any]:
     configs = {
         "default (diameter estimated per image)": AutolabelParams(nuclear_channel="image"),
         "diameter_px=30": AutolabelParams(nuclear_channel="image", diameter_px=30),
+        "no seam cut (valley_depth None)": AutolabelParams(nuclear_channel="image",
+                                                           nuclei=NucleiParams(valley_depth=None)),
         "naive Otsu + distance watershed (estimated diameter)": AutolabelParams(nuclear_channel="image", nuclei=NAIVE),
     }
     out["ten"] = {}

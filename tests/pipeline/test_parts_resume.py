@@ -43,9 +43,9 @@ def test_object_rows_live_in_parts_and_a_deleted_part_is_redone(tmp_path):
     assert n_cells > 30 and sum(r["part_rows"] for e in logs["ktr"].values() for r in e["rows"]) == n_cells
 
     # delete one part of each stage: those units (and only they) run again
-    ktr_unit, ktr_entry = sorted(logs["ktr"].items())[1]
-    track_unit, track_entry = sorted(logs["track"].items())[0]
-    measure_unit, measure_entry = sorted(logs["measure"].items())[2]
+    _ktr_unit, ktr_entry = sorted(logs["ktr"].items())[1]
+    _track_unit, track_entry = sorted(logs["track"].items())[0]
+    _measure_unit, measure_entry = sorted(logs["measure"].items())[2]
     for entry in (ktr_entry, track_entry, measure_entry):
         Path(entry["rows"][0]["part"]).unlink()
     again = run_spec(spec, progress=False)
