@@ -20,12 +20,13 @@ Nuclei (:func:`segment_nuclei`), on one illumination-corrected, z-averaged plane
    markers splits touching nuclei. ``'none'`` keeps connected components.
    With ``valley_depth`` set (``'distance'`` only), touching nuclei are first cut
    apart along the dark lines between them: pixels where the plane, smoothed at
-   ``valley_sigma_px``, curves upwards across a line (the larger Hessian eigenvalue
-   times sigma^2, a scale-normalised valley depth) by more than ``valley_depth`` of
-   the local brightness above the background leave the mask whose distance
-   transform gives the markers and the flooding surface. Two round nuclei pressed
-   into one convex blob have no neck for the distance map to find, but usually a
-   faint seam; texture inside a nucleus is shallower than that relative depth.
+   ``valley_sigma_px``, curves upwards across a line (:func:`valley_curvature`, a
+   scale-normalised valley depth) by more than ``valley_depth`` of the local
+   brightness above the local background leave the mask whose distance transform
+   gives the markers and the flooding surface; a seam that closes on itself (round
+   a dark nucleolus) is not cut. Two round nuclei pressed into one convex blob have
+   no neck for the distance map to find, but usually a faint seam; texture inside a
+   nucleus is shallower than that relative depth.
 4. **Edge refinement** (``edge_level``): one global threshold puts the edge of a
    dim nucleus too far in and that of a bright one too far out (the blur spreads
    each edge over a few pixels). Each object's edge is therefore moved to where the
