@@ -196,15 +196,17 @@ def run_on_images(
     Other parameters as for :func:`segment`; ``SegmentResult.objects`` holds the object count
     per label file, or the number of classes per probability file.
     """
-    from cellflow.screen.ingest import ingest_images
+    from cellflow.screen.ingest import folder_images, ingest_images
     from cellflow.screen.store import Screen
 
     source = Path(source)
     console = console or Console()
     cluster = cluster or ClusterSpec()
     as_store = _is_store(source)
-    if not as_store and not source.is_dir():
-        raise IngestError(f"{source} is neither a folder of images nor a screen store")
+    if not as_store:
+        if source.is_file():
+            raise IngestError(f"{source} is a file; give the folder of images it is in (or a screen store)")
+        folder_images(source)  # a wrong folder is named now, not after a cluster has started
     out_dir = None if as_store or output is None else Path(output)
     if not as_store:
         if out_dir is None:

@@ -223,6 +223,48 @@ def ingest_nuclei_pairs(
                          overwrite=overwrite, scheduler=scheduler)
 
 
+def folder_images(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """The images directly in ``folder`` by stem (natural name order) and the other files in it.
+
+    Cheap (names only, no file is read): :func:`cellflow.pipeline.segment.run_on_images`
+    calls it before starting a cluster, so that a wrong folder is named at once.
+
+    Raises
+    ------
+    IngestError
+        ``folder`` does not exist or is not a folder, two images share a stem, or it has
+        no image directly in it (the message names its sub-folders that have images).
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise IngestError(f"{folder} does not exist")
+    if not folder.is_dir():
+        raise IngestError(f"{folder} is not a folder")
+    images: dict[str, Path] = {}
+    skipped: list[str] = []
+    nested: dict[str, int] = {}
+    for path in visible_files(folder):
+        image = path.suffix.lower() in _IMAGE_SUFFIXES
+        if path.parent != folder or not image:
+            skipped.append(str(path))
+            if image:
+                top = path.relative_to(folder).parts[0]
+                nested[top] = nested.get(top, 0) + 1
+        elif path.stem in images:
+            raise IngestError(f"{images[path.stem]} and {path} have the same name; keep one")
+        else:
+            images[path.stem] = path
+    if not images:
+        where = ""
+        if nested:
+            listed = ", ".join(f"{name}/ has {count}" for name, count in sorted(nested.items())[:5])
+            plural = "s" if len(nested) > 1 else ""
+            where = (f"; its sub-folder{plural} {listed}: give {'one of them' if plural else 'that folder'}"
+                     " (sub-folders are not searched)")
+        raise IngestError(f"no .png/.tif/.jpg images directly in {folder}{where}")
+    return dict(sorted(images.items(), key=lambda item: natural_key(item[0]))), skipped
+
+
 def ingest_images(
     folder: str | Path, store_path: str | Path, *, overwrite: bool = False, scheduler: Any = None
 ) -> IngestReport:
@@ -239,21 +281,8 @@ def ingest_images(
         ``folder`` is not a folder, or has no image in it.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise IngestError(f"{folder} is not a folder")
-    images: dict[str, Path] = {}
-    skipped: list[str] = []
-    for path in visible_files(folder):
-        if path.parent != folder or path.suffix.lower() not in _IMAGE_SUFFIXES:
-            skipped.append(str(path))
-        elif path.stem in images:
-            raise IngestError(f"{images[path.stem]} and {path} have the same name; keep one")
-        else:
-            images[path.stem] = path
-    if not images:
-        raise IngestError(f"no .png/.tif/.jpg images in {folder}")
-    pairs = [_Pair(folder.name, stem, str(path), None, "")
-             for stem, path in sorted(images.items(), key=lambda item: natural_key(item[0]))]
+    images, skipped = folder_images(folder)
+    pairs = [_Pair(folder.name, stem, str(path), None, "") for stem, path in images.items()]
     return _ingest_pairs(folder, pairs, skipped, store_path, with_modality=False, with_truth=False,
                          overwrite=overwrite, scheduler=scheduler)
 

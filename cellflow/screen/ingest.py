@@ -28,7 +28,7 @@ one channel by :func:`reduce_rgb`.
 
 from __future__ import annotations
 
-from cellflow.screen._ingest_nuclei import ingest_images, ingest_nuclei_pairs, well_names
+from cellflow.screen._ingest_nuclei import folder_images, ingest_images, ingest_nuclei_pairs, well_names
 from cellflow.screen._ingest_pattern import FIELDS, RGB_METHODS, FilenamePattern
 from cellflow.screen._ingest_read import BadFile, ImageHeader, read_header, reduce_rgb
 from cellflow.screen._ingest_report import REPORT_ATTR, IngestReport
@@ -45,6 +45,7 @@ __all__ = [
     "FilenamePattern",
     "ImageHeader",
     "IngestReport",
+    "folder_images",
     "ingest",
     "ingest_images",
     "ingest_nuclei_pairs",

@@ -254,3 +254,34 @@ def test_segment_params_name_what_is_wrong():
         SegmentParams.from_dict({"predict": {"model": "m.pt"}, "output": "nuclei"})
     with pytest.raises(ValueError, match=r"PredictParams.tile must be an int >= 1"):
         SegmentParams.from_dict({"predict": {"model": "m.pt", "tile": 0}})
+
+
+def test_a_wrong_input_is_named_before_any_cluster_starts(tmp_path, monkeypatch):
+    """A missing path, a file, an empty folder and a folder whose images sit in sub-folders each
+    get one line saying so, at once: no cluster (whose start takes seconds) is started first."""
+    import cellflow.pipeline.segment as module
+    from cellflow.errors import IngestError
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started for an input that cannot be segmented")
+
+    monkeypatch.setattr(module, "cluster_client", no_cluster)
+    params = AutolabelParams(nuclear_channel="image", illumination=False)
+    nested = tmp_path / "dataset"
+    for sub in ("images", "masks"):
+        (nested / sub).mkdir(parents=True)
+        for stem in ("a", "b"):
+            iio.imwrite(nested / sub / f"{stem}.png", np.zeros((8, 8), np.uint8))
+    (nested / "index.csv").write_text("name\n")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        tmp_path / "nowhere": r"nowhere does not exist$",
+        nested / "index.csv": r"index\.csv is a file; give the folder of images it is in",
+        tmp_path / "empty": r"no \.png/\.tif/\.jpg images directly in \S+empty$",
+        nested: r"directly in \S+dataset; its sub-folders images/ has 2, masks/ has 2: give one of them",
+        nested / "images" / "a.png": r"a\.png is a file",
+    }
+    for source, message in cases.items():
+        with pytest.raises(IngestError, match=message):
+            segment(source, tmp_path / "out", params=params, progress=False)
+    assert not (tmp_path / "out").exists()
