@@ -64,23 +64,41 @@ def write_parquet(path: str | Path, frame: Any) -> Path:
     return write_atomic(path, lambda partial: frame.to_parquet(partial, index=False))
 
 
-def append_lines(path: str | Path, text: str, *, sync: bool = False) -> None:
-    """Append ``text`` (whole lines, each ending in a newline) to ``path``, creating it if needed.
+def append_lines(path: str | Path, text: str | bytes, *, sync: bool = False) -> int:
+    """Append ``text`` (whole lines, each ending in a newline; bytes are UTF-8) to ``path``, creating it if needed.
 
     If the file does not end in a newline (an earlier append was torn by a kill or a full
     disk), a newline is written first, so the torn line stays alone and the new lines
     are read intact. ``sync``: flush and fsync before returning (durable against a kill).
+
+    Returns
+    -------
+    int
+        The byte offset in the file at which ``text`` begins (after that newline, if any).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "log.jsonl"
+    >>> append_lines(log, "one\\n"), append_lines(log, b"two\\n")
+    (0, 4)
+    >>> _ = log.write_bytes(log.read_bytes() + b"torn")  # an append torn by a kill
+    >>> append_lines(log, "three\\n"), log.read_text()
+    (13, 'one\\ntwo\\ntorn\\nthree\\n')
     """
-    if not text:
-        return
+    data = text.encode("utf-8") if isinstance(text, str) else text
     path = Path(path)
+    if not data:
+        return path.stat().st_size if path.exists() else 0
     with open(path, "a+b") as handle:
         size = handle.seek(0, os.SEEK_END)
         if size:
             handle.seek(size - 1)
             if handle.read(1) != b"\n":
-                text = "\n" + text
-        handle.write(text.encode("utf-8"))
+                data = b"\n" + data
+                size += 1
+        handle.write(data)
         handle.flush()
         if sync:
             os.fsync(handle.fileno())
+    return size

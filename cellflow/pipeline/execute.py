@@ -215,9 +215,10 @@ class _Recorder:
             if result.halt:
                 _stop_for_storage(self.execution, f"{result.error} in {stage} {unit.id}")
         results = [(stage, unit, result) for stage, unit, result in results if not result.halt]  # left pending
-        # what is kept until the tables are written: the rows as their log text (see LoggedRows)
-        kept = [dataclasses.replace(result, rows=LoggedRows.of(result.rows)) if result.error is None else result
-                for _, _, result in results]
+        # what is kept until the tables are written: the rows as their log text (LoggedRows), then, once
+        # their line is in the task log, by where they lie there (RowsInLog; a unit without a token has no line)
+        kept = [dataclasses.replace(result, rows=LoggedRows.of(result.rows) if result.rows else ())
+                if result.error is None else result for _, _, result in results]
         by_variable: dict[str, list[ChunkRecord]] = defaultdict(list)
         for _, _, result in results:
             if result.error is None:
@@ -229,12 +230,16 @@ class _Recorder:
             self.ledgers[name].mark(records)  # the writes returned before the tasks did
             self.execution.chunks_written[name] = self.execution.chunks_written.get(name, 0) + len(records)
         entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for (stage, unit, _), result in zip(results, kept):
+        logged: dict[str, list[int]] = defaultdict(list)  # per stage, the index in kept of each entry
+        for i, ((stage, unit, _), result) in enumerate(zip(results, kept)):
             if unit.token:
                 entries[stage].append(done_entry(unit, result) if result.error is None
                                       else failed_entry(unit, result.error))
+                logged[stage].append(i)
         for stage, lines in entries.items():
-            self.logs[stage].append(lines)
+            for i, rows in zip(logged[stage], self.logs[stage].append(lines)):
+                if rows is not None:
+                    kept[i] = dataclasses.replace(kept[i], rows=rows)
         for (stage, unit, result), compact in zip(results, kept):
             counts = self.execution.counts[stage]
             if result.error is None:

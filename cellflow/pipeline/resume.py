@@ -24,15 +24,17 @@ recorded digest in the store's ledger (and, with ``verify``, re-hashing the chun
 bytes gives that digest), and every table part its rows reference is still there with
 its recorded size (and SHA-256, with ``verify``; :mod:`cellflow.graph._parts`). A line
 torn by a kill is ignored. Lines are flushed and fsync'ed before the client goes on, so
-a SIGKILL of the runner loses at most the units that were in flight.
+a SIGKILL of the runner loses at most the units that were in flight. Until the tables are
+written, the client holds a done unit's rows by where they lie in its ``done`` line
+(:class:`RowsInLog`, :mod:`cellflow.pipeline._rows`), not in memory.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,11 @@ import numpy as np
 from cellflow._files import append_lines
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.graph._parts import part_intact
+from cellflow.pipeline._rows import JsonRows, LoggedRows, RowsInLog, _json_default, plates_of
 from cellflow.screen.layout import DIMS_FIELD
 from cellflow.screen.store import ChunkRecord, FieldKey, Screen, _dims, chunk_digest
 
-__all__ = ["LoggedRows", "StagePlan", "TaskLog", "Unit", "field_id", "input_digests", "plan_stage"]
+__all__ = ["LoggedRows", "RowsInLog", "StagePlan", "TaskLog", "Unit", "field_id", "input_digests", "plan_stage"]
 
 _LOG_DIR = ("_cellflow", "tasks")
 
@@ -68,78 +71,45 @@ class Unit:
     token: str
 
 
-class LoggedRows(Sequence[Mapping[str, Any]]):
-    """A unit's table rows held as their JSON text (the task log's), parsed each time they are read.
-
-    The runner keeps every unit's rows from planning (skipped units) or completion until the
-    tables are written at the end, stage by stage; as parsed Python objects they took 5-7x the
-    bytes of their text (~23 KiB per 520x696 field for autolabel + measure, ~22 GiB at 10^6
-    fields). Rows a task returned and rows read back from the log are both held this way, so
-    the tables of a resumed run are made from exactly what a fresh run's are made from.
-    """
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    @classmethod
-    def of(cls, rows: Iterable[Mapping[str, Any]]) -> LoggedRows:
-        """The rows' JSON text (arrays as :func:`_json_default` writes them)."""
-        return cls(json.dumps([dict(row) for row in rows], default=_json_default))
-
-    def _parsed(self) -> list[Mapping[str, Any]]:
-        return [_decoded(row) for row in json.loads(self.text)]
-
-    def __iter__(self) -> Iterator[Mapping[str, Any]]:
-        return iter(self._parsed())
-
-    def __len__(self) -> int:
-        return len(self._parsed())
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._parsed()[index]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, LoggedRows):
-            return self.text == other.text
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"LoggedRows({self.text[:60]!r}{'...' if len(self.text) > 60 else ''})"
-
-
 #: A ``done`` line as :func:`done_entry` and :meth:`TaskLog.append` write it: its rows last.
 _DONE_KEYS = ["unit", "status", "token", "records", "rows"]
 _ROWS_KEY = ', "rows": '
 
 
-def _keep_rows_as_text(entry: dict[str, Any], line: str) -> dict[str, Any]:
-    """``entry`` (parsed from ``line``) with its rows as :class:`LoggedRows` sliced from the line.
+def _rows_slice(entry: Mapping[str, Any], line: bytes) -> tuple[int, int] | None:
+    """Where the rows' JSON of ``entry`` (parsed from ``line``) lies in the line: (start, end) bytes.
 
     Only for lines of the standard form (keys in :data:`_DONE_KEYS` order, records a list of
-    lists): there the first ``, "rows": `` of the line is the top-level key (no object comes
-    before it, and a quote inside a string is escaped), and the rows' JSON runs to the final
-    ``}``. Any other line keeps its parsed rows.
+    lists, rows a non-empty list of objects): there the first ``, "rows": `` of the line is the
+    top-level key (no object comes before it, and a quote inside a string is escaped), and the
+    rows' JSON runs to the final ``}``. None for any other line (it keeps its parsed rows).
     """
     if (list(entry) != _DONE_KEYS or not isinstance(entry["rows"], list) or not entry["rows"]
-            or not all(isinstance(r, list) for r in entry["records"]) or not line.endswith("}\n")):
-        return entry
-    start = line.find(_ROWS_KEY)
-    text = line[start + len(_ROWS_KEY):-2] if start >= 0 else ""
-    if not (text.startswith("[") and text.endswith("]")):
-        return entry
-    entry["rows"] = LoggedRows(text)
-    return entry
+            or not all(isinstance(r, dict) for r in entry["rows"])
+            or not all(isinstance(r, list) for r in entry["records"]) or not line.endswith(b"}\n")):
+        return None
+    start = line.find(_ROWS_KEY.encode())
+    if start < 0:
+        return None
+    start += len(_ROWS_KEY)
+    end = len(line) - 2
+    return (start, end) if line[start:start + 1] == b"[" and line[end - 1:end] == b"]" else None
 
 
 class TaskLog:
-    """The append-only completion log of one stage in a store (see the module docstring)."""
+    """The append-only completion log of one stage in a store (see the module docstring).
+
+    :meth:`load` and :meth:`append` give the rows of ``done`` lines as :class:`RowsInLog`:
+    held by where they lie in this file, not in memory.
+    """
 
     def __init__(self, screen: Screen, stage: str) -> None:
         self.path = Path(screen.path).joinpath(*_LOG_DIR, f"{stage}.jsonl")
+        self._plates: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per set of plates, shared
+
+    def _rows_at(self, offset: int, data: bytes, plates: tuple[str, ...]) -> RowsInLog:
+        """The rows whose JSON ``data`` was written at byte ``offset`` of this log."""
+        return RowsInLog(self.path, offset, len(data), zlib.crc32(data), self._plates.setdefault(plates, plates))
 
     def load(self) -> dict[str, dict[str, Any]]:
         """The last complete entry of every unit (a torn final line is ignored).
@@ -148,7 +118,8 @@ class TaskLog:
         (written so by :meth:`append`), which names the unit without parsing the rest, and
         the lines a later one supersedes (every ``pending`` line, earlier runs') are skipped.
         A line of another form is parsed whole; a last line that does not parse makes the
-        unit fall back to its latest line that does.
+        unit fall back to its latest line that does. The rows of a standard ``done`` line
+        come as :class:`RowsInLog`, those of any other line as parsed.
         """
         if not self.path.exists():
             return {}
@@ -171,42 +142,70 @@ class TaskLog:
             latest: dict[str, dict[str, Any]] = {}
             for unit, start in sorted(last.items(), key=lambda item: item[1]):  # one forward pass over the file
                 handle.seek(start)
+                raw = handle.readline()
                 try:
-                    line = handle.readline().decode("utf-8")
-                    latest[unit] = _keep_rows_as_text(json.loads(line), line)
+                    entry = json.loads(raw.decode("utf-8"))
                 except (UnicodeDecodeError, json.JSONDecodeError):
                     return self._load_every_line()  # a damaged line: the slow, exact way
+                latest[unit] = self._held(entry, raw, start)
         return latest
 
     def _load_every_line(self) -> dict[str, dict[str, Any]]:
         latest: dict[str, dict[str, Any]] = {}
-        with open(self.path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if not line.endswith("\n"):
+        with open(self.path, "rb") as handle:
+            offset = 0
+            for raw in handle:
+                start, offset = offset, offset + len(raw)
+                if not raw.endswith(b"\n"):
                     break
                 try:
+                    line, exact = raw.decode("utf-8"), True
+                except UnicodeDecodeError:
+                    line, exact = raw.decode("utf-8", errors="replace"), False
+                try:
                     entry = json.loads(line)
-                    latest[entry["unit"]] = entry
+                    latest[entry["unit"]] = self._held(entry, raw, start) if exact else entry
                 except (json.JSONDecodeError, TypeError, KeyError):
                     continue
         return latest
 
-    def append(self, entries: Iterable[Mapping[str, Any]]) -> None:
-        """Append entries durably (flushed and fsync'ed before returning).
+    def _held(self, entry: dict[str, Any], line: bytes, start: int) -> dict[str, Any]:
+        """``entry``, parsed from ``line`` (at byte ``start``), with its rows as :class:`RowsInLog` where it can."""
+        where = _rows_slice(entry, line)
+        if where is not None:
+            entry["rows"] = self._rows_at(start + where[0], line[where[0]:where[1]], plates_of(entry["rows"]))
+        return entry
+
+    def append(self, entries: Iterable[Mapping[str, Any]]) -> list[RowsInLog | None]:
+        """Append entries durably (flushed and fsync'ed before returning); where their rows now lie.
 
         Rows given as :class:`LoggedRows` (the last key, as :func:`done_entry` puts them) are
-        written as their text, not serialised again.
+        written as their text, not serialised again, and come back as :class:`RowsInLog` (None
+        for every other entry): the file's size before the append (:func:`append_lines` says
+        where the text went) plus the lengths of the lines before it in the batch.
         """
-        lines = "".join(_line(e) for e in entries)
+        entries = list(entries)
+        lines = [_line(e).encode("utf-8") for e in entries]
         if not lines:
-            return
+            return []
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        append_lines(self.path, lines, sync=True)
+        offset = append_lines(self.path, b"".join(lines), sync=True)
+        held: list[RowsInLog | None] = []
+        for entry, line in zip(entries, lines):
+            rows = entry.get("rows")
+            if isinstance(rows, JsonRows) and list(entry)[-1] == "rows":  # the line ends with their text (_line)
+                end = len(line) - 2
+                start = end - len(rows.text.encode("utf-8"))
+                held.append(self._rows_at(offset + start, line[start:end], plates_of(rows)))
+            else:
+                held.append(None)
+            offset += len(line)
+        return held
 
 
 def _line(entry: Mapping[str, Any]) -> str:
     rows = entry.get("rows")
-    if isinstance(rows, LoggedRows) and list(entry)[-1] == "rows":
+    if isinstance(rows, JsonRows) and list(entry)[-1] == "rows":
         head = json.dumps({k: v for k, v in entry.items() if k != "rows"}, default=_json_default)
         return f"{head[:-1]}{_ROWS_KEY}{rows.text}}}\n"
     return json.dumps(dict(entry), default=_json_default) + "\n"
@@ -224,32 +223,9 @@ def _unit_of(line: str) -> str | None:
     return None if end < 0 or "\\" in unit else unit  # an escaped character: let json read it
 
 
-_ARRAY = "__ndarray__"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and value.ndim == 1:
-        # kept an array through the log (a row's histogram): a list of Python ints would take ~9x the memory
-        data = np.ascontiguousarray(value, value.dtype.newbyteorder("<"))
-        return {_ARRAY: base64.b64encode(data.tobytes()).decode("ascii"), "dtype": data.dtype.str}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _decoded(row: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A logged row with its arrays (see :func:`_json_default`) decoded; the row itself when it has none."""
-    if not any(isinstance(v, dict) and _ARRAY in v for v in row.values()):
-        return row
-    return {k: np.frombuffer(base64.b64decode(v[_ARRAY]), np.dtype(v["dtype"])).copy()
-            if isinstance(v, dict) and _ARRAY in v else v for k, v in row.items()}
-
-
 def done_entry(unit: Unit, result: TaskResult) -> dict[str, Any]:
-    """The log line of a unit that finished (its rows last, as :class:`LoggedRows` when they are)."""
-    rows = result.rows if isinstance(result.rows, LoggedRows) else [dict(row) for row in result.rows]
+    """The log line of a unit that finished (its rows last, as held when they are :class:`LoggedRows`)."""
+    rows = result.rows if isinstance(result.rows, JsonRows) else [dict(row) for row in result.rows]
     return {
         "unit": unit.id, "status": "done", "token": unit.token,
         "records": [[r.variable, list(r.index), str(r.digest)] for r in result.records],
@@ -272,7 +248,8 @@ def entry_result(stage: str, unit: Unit, entry: Mapping[str, Any]) -> TaskResult
     records = tuple(ChunkRecord(v, tuple(i), int(d)) for v, i, d in entry.get("records", ()))
     key = unit.fields[0] if len(unit.fields) == 1 else None
     rows = entry.get("rows", ())
-    rows = rows if isinstance(rows, LoggedRows) else LoggedRows.of(rows)  # arrays stay encoded until read
+    if not isinstance(rows, JsonRows):  # a line of another form: its rows as text (arrays stay encoded until read)
+        rows = LoggedRows.of(rows) if rows else ()
     return TaskResult(stage=stage, field=key, records=records, rows=rows)
 
 

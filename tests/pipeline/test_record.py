@@ -236,12 +236,13 @@ def test_a_rows_arrays_come_back_from_the_task_log_as_the_same_arrays(tmp_path):
 
 
 def test_rows_kept_as_log_text_are_written_and_read_back_exactly(tmp_path):
-    """The runner keeps rows as their JSON text (LoggedRows): the log line it writes from that text must be the
-    line json.dumps writes from the rows, and load() must slice each line's rows exactly, even when a row holds
-    a nested "rows" key or a string that looks like the key; a line of another form keeps its parsed rows."""
+    """The runner keeps rows as their JSON text (LoggedRows), then by where they lie in the log (RowsInLog): the
+    log line it writes from that text must be the line json.dumps writes from the rows, append() must say where each
+    line's rows went and load() find the same place, even when a row holds a nested "rows" key or a string that
+    looks like the key; a line of another form keeps its parsed rows."""
     import json
 
-    from cellflow.pipeline.resume import LoggedRows, _json_default, _line, done_entry, entry_result
+    from cellflow.pipeline.resume import LoggedRows, RowsInLog, _json_default, _line, done_entry, entry_result
 
     rng = np.random.default_rng(12)
     tricky = ['a, "rows": [1]}', 'quote " and \\ slash', "ünïcode", '{"rows": []}']
@@ -263,18 +264,22 @@ def test_rows_kept_as_log_text_are_written_and_read_back_exactly(tmp_path):
         plain = done_entry(unit, TaskResult(stage="s", rows=tuple(rows)))
         kept = done_entry(unit, TaskResult(stage="s", rows=LoggedRows.of(rows)))
         assert _line(kept) == json.dumps(plain, default=_json_default) + "\n"  # same bytes either way
-        log.append([kept])
-        expected[unit.id] = rows
+        (held,) = log.append([kept])
+        assert isinstance(held, RowsInLog) and held.text == kept["rows"].text and held.plates == (("P1",) if rows
+                                                                                                    else ())
+        expected[unit.id] = (rows, held)
     reordered = {"rows": [{"a": 1}], "unit": "other", "status": "done", "token": "t", "records": []}
     with log.path.open("a") as handle:
         handle.write(json.dumps(reordered) + "\n")
     loaded = log.load()
-    for unit_id, rows in expected.items():
+    for unit_id, (rows, held) in expected.items():
         got = list(entry_result("s", Unit(unit_id, (), "t"), loaded[unit_id]).rows)
         assert len(got) == len(rows)
         for g, r in zip(got, rows):
             assert {k: v for k, v in g.items() if k != "hist"} == {k: v for k, v in r.items() if k != "hist"}
             np.testing.assert_array_equal(g["hist"], r["hist"])
         if rows:
-            assert isinstance(loaded[unit_id]["rows"], LoggedRows)
-    assert loaded["other"]["rows"] == [{"a": 1}] and not isinstance(loaded["other"]["rows"], LoggedRows)
+            back = loaded[unit_id]["rows"]
+            assert isinstance(back, RowsInLog) and (back.path, back.offset, back.size, back.crc, back.plates) == (
+                held.path, held.offset, held.size, held.crc, held.plates)
+    assert loaded["other"]["rows"] == [{"a": 1}] and not isinstance(loaded["other"]["rows"], RowsInLog)
