@@ -3,13 +3,17 @@
     python benchmarks/client_scale.py [--units 10000 30000 100000] [--shape 520 696] [--nuclei 600]
 
 A resumed or finishing ``cellflow run`` reads each stage's task log (the last line of every
-unit: its token, chunk records and table rows) and hands every field's rows to the stage's
-table writer. This measures that part alone, at sizes no test could run: real ``done`` lines
-of the autolabel and measure stages (from a small synthetic cell-cycle plate run here, 16
-fields of ``--shape`` with ``--nuclei`` per 1024² field: ~200 nuclei per 520x696 field) are
-repeated under new field names into task logs of N units each; then, in a fresh process per
-N, :meth:`TaskLog.load` and the tables (``runner._tables`` with the measure writer) run as the
-runner calls them. Prints load and table seconds and the process's peak RSS per N, and the
+unit: its token, chunk records and table rows), holds each unit's rows by where they lie in
+the log (:class:`~cellflow.pipeline.resume.RowsInLog`, as it holds the rows of units done in
+the run), then writes each stage's tables a plate at a time: one plate's rows read back and
+parsed, the plates' frames joined, the tables made from them (:mod:`cellflow.pipeline.tables`).
+This measures that part alone, at sizes no test could run: real ``done`` lines of the
+autolabel and measure stages (from a small synthetic cell-cycle plate run here, 16 fields of
+``--shape`` with ``--nuclei`` per 1024² field: ~200 nuclei per 520x696 field) are repeated
+under new field names into task logs of N units each, spread over plates of 1536 fields (384
+wells x 4 sites); then, in a fresh process per N, :meth:`TaskLog.load` and the tables
+(:func:`~cellflow.pipeline.tables.write_tables` with the measure writer) run as the runner
+calls them. Prints load and table seconds and the process's peak RSS per N, and the
 extrapolation to 10^6 fields; writes benchmarks/results/client_scale.json.
 """
 
@@ -74,9 +78,11 @@ def _write_logs(folder: Path, source: dict[str, list[dict]], units: int) -> int:
 
 def _measure(folder: Path) -> dict:
     """In this (fresh) process: load every stage's log and write the measure tables from its rows."""
+    from cellflow.graph import measure
+    from cellflow.graph._tables import StageTables
     from cellflow.pipeline.resume import TaskLog, Unit, entry_result
-    from cellflow.pipeline.runner import _tables
     from cellflow.pipeline.spec import parse_spec
+    from cellflow.pipeline.tables import write_tables
 
     class _Store:  # TaskLog needs only the store's path
         path = folder
@@ -90,11 +96,15 @@ def _measure(folder: Path) -> dict:
         for unit_id, entry in TaskLog(_Store(), stage).load().items():  # type: ignore[arg-type]
             results.append(entry_result(stage, Unit(unit_id, (), entry["token"]), entry))
     load_s = time.perf_counter() - start
+    calls = []  # rows per call of the measure writer's first step: one call per plate, none with all the rows
+    steps = measure.MEASURE_TABLES
+    measure.MEASURE_TABLES = StageTables(lambda rows: calls.append(len(rows)) or steps.frames(rows), steps.write)
     start = time.perf_counter()
-    tables, _ = _tables(spec, results, folder / "tables")
+    tables, _ = write_tables(spec, results, folder / "tables")
     tables_s = time.perf_counter() - start
     return {"load_s": load_s, "tables_s": tables_s, "units_loaded": len(results),
-            "field_rows": len(tables["measurements/fields"]),
+            "field_rows": len(tables["measurements/fields"]), "plates": len(set(tables["measurements/fields"].plate)),
+            "rows_per_frames_call_max": max(calls), "frames_calls": len(calls),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

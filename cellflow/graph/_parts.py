@@ -25,9 +25,11 @@ import pandas as pd
 import zarr
 
 from cellflow._files import write_parquet
+from cellflow.graph._tables import stacked
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["PART_KEYS", "field_part", "keyed_part", "part_intact", "parts_frame", "tables_group", "write_part"]
+__all__ = ["PART_KEYS", "cells_frames", "field_part", "keyed_part", "part_intact", "parts_frame", "tables_group",
+           "write_part"]
 
 #: The keys of a reference row that point to its part (bookkeeping, not readouts).
 PART_KEYS = ("part", "part_rows", "part_bytes", "part_sha256")
@@ -119,8 +121,12 @@ def parts_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     filled = [f for f in frames if len(f)]
     if not filled:
         return frames[0] if frames else pd.DataFrame()
-    if len(filled) == 1:
-        return filled[0].reset_index(drop=True)
     with warnings.catch_warnings():  # parts whose column is all-NA in one of them: the concatenation is as intended
         warnings.simplefilter("ignore", FutureWarning)
-        return pd.concat(filled, ignore_index=True)
+        return stacked(filled)
+
+
+def cells_frames(rows: Iterable[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Step 1 (:class:`~cellflow.graph._tables.StageTables`) of a stage whose rows reference a part of cells
+    per field (ktr, celltype): the cells, as one frame."""
+    return {"cells": parts_frame(rows)}

@@ -26,14 +26,15 @@ import pandas as pd
 from cellflow._config import check_keys
 from cellflow._files import write_parquet
 from cellflow.errors import RegionError
-from cellflow.graph._parts import field_part, parts_frame, tables_group
+from cellflow.graph._parts import cells_frames, field_part, tables_group
 from cellflow.graph._stage import StageGraph, TaskResult, available_variables, guarded
+from cellflow.graph._tables import StageTables
 from cellflow.graph.predict import FieldPlan, PredictParams, field_probabilities, plan_fields, plan_tasks
 from cellflow.live.celltype import classify_cells
 from cellflow.nn.checkpoint import Checkpoint
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["CelltypeParams", "build_celltype", "celltype_tables", "type_names"]
+__all__ = ["CELLTYPE_TABLES", "CelltypeParams", "build_celltype", "celltype_tables", "type_names"]
 
 _STAGE = "celltype"
 _INTERIOR = "interior_"
@@ -111,7 +112,13 @@ def build_celltype(screen: Screen, params: CelltypeParams, *, after: StageGraph 
 def celltype_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path,
                     params: CelltypeParams | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
     """``celltype/cells.parquet`` and ``celltype/wells.parquet`` (count and fraction of each type per well)."""
-    cells = parts_frame(rows)
+    return CELLTYPE_TABLES(rows, out_dir, params)
+
+
+def _write_celltype(frames: dict[str, pd.DataFrame], out_dir: Path, params: CelltypeParams | None
+                    ) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Step 2 (:class:`~cellflow.graph._tables.StageTables`): the cells, and per well a column per type of the run."""
+    cells = frames["cells"]
     if cells.empty:
         return {}, {}
     folder = Path(out_dir) / "celltype"
@@ -123,3 +130,7 @@ def celltype_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path,
     for name, frame in tables.items():
         write_parquet(paths[name], frame)
     return tables, paths
+
+
+#: The celltype stage's tables in the runner's two steps.
+CELLTYPE_TABLES = StageTables(cells_frames, _write_celltype)

@@ -24,12 +24,13 @@ import pandas as pd
 from cellflow._config import check_keys
 from cellflow._files import write_parquet
 from cellflow.errors import RegionError
-from cellflow.graph._parts import field_part, parts_frame, tables_group
+from cellflow.graph._parts import cells_frames, field_part, tables_group
 from cellflow.graph._stage import StageGraph, TaskResult, available_variables, guarded, per_field_graph
+from cellflow.graph._tables import StageTables
 from cellflow.live.ktr import KTR_METHODS, join_tracks, ktr_ratios
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["KtrParams", "build_ktr", "ktr_tables"]
+__all__ = ["KTR_TABLES", "KtrParams", "build_ktr", "ktr_tables"]
 
 _STAGE = "ktr"
 
@@ -118,7 +119,14 @@ def build_ktr(screen: Screen, params: KtrParams, *, after: StageGraph | None = N
 def ktr_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path,
                params: KtrParams | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
     """``ktr/cells.parquet`` (+ ``ktr/tracks.parquet`` when the run tracked, ``ktr/wells.parquet``)."""
-    cells = parts_frame(rows)
+    return KTR_TABLES(rows, out_dir, params)
+
+
+def _write_ktr(frames: dict[str, pd.DataFrame], out_dir: Path, params: KtrParams | None
+               ) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Step 2 (:class:`~cellflow.graph._tables.StageTables`): the cells, joined to the run's tracks when it
+    tracked, and their per-well medians per frame."""
+    cells = frames["cells"]
     if cells.empty:
         return {}, {}
     folder = Path(out_dir) / "ktr"
@@ -134,3 +142,7 @@ def ktr_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path,
         paths[name] = folder / f"{name.split('/')[1]}.parquet"
         write_parquet(paths[name], frame)
     return tables, paths
+
+
+#: The ktr stage's tables in the runner's two steps.
+KTR_TABLES = StageTables(cells_frames, _write_ktr)

@@ -48,6 +48,7 @@ from cellflow._files import write_parquet
 from cellflow.errors import RegionError
 from cellflow.graph._parts import PART_KEYS, tables_group, write_part
 from cellflow.graph._stage import StageGraph, TaskResult, per_field_graph, written_upstream
+from cellflow.graph._tables import StageTables
 from cellflow.graph.autolabel import _complete_illumination
 from cellflow.graph.illumination import IlluminationParams, resolve_offset
 from cellflow.ops.illumination import apply_illumination
@@ -55,7 +56,7 @@ from cellflow.ops.measure import link_objects, measure_objects, touches_border
 from cellflow.readouts.assay import Controls, PloidyParams, dna_histogram, well_table, zprime_table
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["MeasureParams", "build_measure", "measure_tables", "object_part_path", "read_objects"]
+__all__ = ["MEASURE_TABLES", "MeasureParams", "build_measure", "measure_tables", "object_part_path", "read_objects"]
 
 _STAGE = "measure"
 _ILLUMINATION = "illumination"
@@ -321,10 +322,21 @@ def measure_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, params: Mea
     paths : dict of str to Path
         The files written, same keys.
     """
-    if not rows:
+    return MEASURE_TABLES(rows, out_dir, params)
+
+
+def _measure_frames(rows: Sequence[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Step 1 (:class:`~cellflow.graph._tables.StageTables`): the field summary rows as one frame."""
+    return {"summaries": pd.DataFrame(list(rows))} if rows else {}
+
+
+def _write_measure(frames: dict[str, pd.DataFrame], out_dir: Path, params: MeasureParams | None
+                   ) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Step 2: per-well readouts (G1 peak per labels and plate), the fields' 4N calls, Z' per labels and plate."""
+    if not frames:
         return {}, {}
     params = params or MeasureParams()
-    summaries = pd.DataFrame(list(rows)).drop(columns=list(PART_KEYS), errors="ignore")  # "path" names the part
+    summaries = frames["summaries"].drop(columns=list(PART_KEYS), errors="ignore")  # "path" names the part
     wells, fields = well_table(summaries, params.ploidy)
     tables = {"measurements/fields": fields, "measurements/wells": wells}
     if params.controls is not None:
@@ -336,6 +348,10 @@ def measure_tables(rows: Sequence[Mapping[str, Any]], out_dir: Path, params: Mea
         paths[key] = folder / f"{key.rsplit('/', 1)[1]}.parquet"
         write_parquet(paths[key], table)
     return tables, paths
+
+
+#: The measure stage's tables in the runner's two steps.
+MEASURE_TABLES = StageTables(_measure_frames, _write_measure)
 
 
 def read_objects(screen_or_path: Screen | str | Path, labels: str = "labels_nuclei") -> pd.DataFrame:

@@ -11,10 +11,11 @@ import pandas as pd
 
 from cellflow._config import check_keys
 from cellflow.graph._stage import StageGraph, TaskResult, guarded, per_field_graph, require_variables
+from cellflow.graph._tables import StageTables
 from cellflow.metrics import ScoreOptions, score_stored_field
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["ScoreParams", "build_score", "score_tables"]
+__all__ = ["SCORE_TABLES", "ScoreParams", "build_score", "score_tables"]
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,24 @@ def score_tables(
     Tables are keyed ``'<labels>/<level>'`` (e.g. ``'labels_nuclei/wells'``) and written
     to ``out_dir/<labels>/scores_<level>.parquet``.
     """
-    if not rows:
+    return SCORE_TABLES(rows, out_dir, params)
+
+
+def _score_frames(rows: Sequence[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Step 1 (:class:`~cellflow.graph._tables.StageTables`): the score rows as one frame."""
+    return {"rows": pd.DataFrame(list(rows))} if rows else {}
+
+
+def _write_score(frames: dict[str, pd.DataFrame], out_dir: Path, params: ScoreParams | None
+                 ) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Step 2: per label variable, the fields and their per-well and per-plate summaries."""
+    if not frames:
         return {}, {}
     from cellflow.metrics import summarise, write_tables
 
     tables: dict[str, pd.DataFrame] = {}
     paths: dict[str, Path] = {}
-    everything = pd.DataFrame(list(rows))
-    for labels, group in everything.groupby("labels", sort=True):
+    for labels, group in frames["rows"].groupby("labels", sort=True):
         fields = group.drop(columns="labels").reset_index(drop=True)
         for level, path in write_tables(fields, Path(out_dir) / str(labels)).items():
             paths[f"{labels}/{level}"] = path
@@ -109,3 +120,7 @@ def score_tables(
         tables[f"{labels}/wells"] = summarise(fields, by=("plate", "well"))
         tables[f"{labels}/plates"] = summarise(fields, by=("plate",))
     return tables, paths
+
+
+#: The score stage's tables in the runner's two steps.
+SCORE_TABLES = StageTables(_score_frames, _write_score)

@@ -32,11 +32,12 @@ from cellflow._config import check_keys
 from cellflow._files import write_parquet
 from cellflow.graph._parts import keyed_part, parts_frame, tables_group
 from cellflow.graph._stage import StageGraph, TaskResult, require_variables, upstream_of
+from cellflow.graph._tables import StageTables
 from cellflow.live import TrackParams, field_summary, lineage_table, track_labels, tracks_frame
 from cellflow.metrics import field_extents, select_fields
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["TrackStageParams", "build_track", "track_tables"]
+__all__ = ["TRACK_TABLES", "TrackStageParams", "build_track", "track_tables"]
 
 _STAGE = "track"
 _TABLES = ("tracks", "lineages", "fields")
@@ -121,15 +122,32 @@ def track_tables(
     rows: Sequence[Mapping[str, Any]], out_dir: Path, params: TrackStageParams | None = None
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
     """Track rows -> ``tracks/{tracks,lineages,fields}`` tables, written as Parquet under ``out_dir/tracks``."""
+    return TRACK_TABLES(rows, out_dir, params)
+
+
+def _track_frames(rows: Sequence[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Step 1 (:class:`~cellflow.graph._tables.StageTables`): the rows behind each table's reference rows."""
     if not rows:
+        return {}
+    return {name: parts_frame(row for row in rows if row["table"] == name) for name in _TABLES}
+
+
+def _write_track(frames: dict[str, pd.DataFrame], out_dir: Path, params: TrackStageParams | None
+                 ) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Step 2: each table without its ``table`` column, as Parquet."""
+    if not frames:
         return {}, {}
     folder = Path(out_dir) / "tracks"
     folder.mkdir(parents=True, exist_ok=True)
     tables: dict[str, pd.DataFrame] = {}
     paths: dict[str, Path] = {}
     for name in _TABLES:
-        table = parts_frame(row for row in rows if row["table"] == name).drop(columns="table", errors="ignore")
+        table = frames[name].drop(columns="table", errors="ignore")
         path = folder / f"{name}.parquet"
         write_parquet(path, table)
         tables[f"tracks/{name}"], paths[f"tracks/{name}"] = table, path
     return tables, paths
+
+
+#: The track stage's tables in the runner's two steps.
+TRACK_TABLES = StageTables(_track_frames, _write_track)

@@ -10,8 +10,9 @@ Steps, all on the client:
 4. The whole graph is computed; as tasks finish, a rich progress bar advances per
    stage, and the chunks each task wrote are recorded in the store's ledgers (after
    the write returned: the ledger never claims a chunk that is not on disk).
-5. Table rows (scores) are written as Parquet with per-well/plate summaries, and a
-   ``run.json`` summary beside them.
+5. Table rows (scores) are written as Parquet with per-well/plate summaries, reading
+   the rows back from the task logs a plate at a time (:mod:`cellflow.pipeline.tables`),
+   and a ``run.json`` summary beside them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from cellflow.cluster import compute
 from cellflow.errors import SpecError, StorageFullError, StoreExistsError, Terminated, halts_run
 from cellflow.graph import StageGraph, TaskResult
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
+from cellflow.pipeline.tables import write_tables
 from cellflow.screen._ingest_report import IngestReport
 from cellflow.screen.store import ChunkRecord, Screen
 
@@ -274,26 +276,6 @@ def record_chunks(screen: Screen, results: Sequence[TaskResult]) -> dict[str, in
     return {name: screen.ledger(name).mark(records) for name, records in sorted(by_variable.items())}
 
 
-def _tables(
-    spec: PipelineSpec, results: Sequence[TaskResult], out_dir: Path
-) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
-    """Each stage's rows through its registered table writer (``StageEntry.tables``)."""
-    tables: dict[str, pd.DataFrame] = {}
-    paths: dict[str, Path] = {}
-    for name, entry, params in spec.stage_entries():
-        writer = entry.tables
-        if writer is None:
-            continue
-        rows = [row for r in results if r.stage == name and r.error is None for row in r.rows]
-        # results arrive in completion order: sort by field so tables do not depend on scheduling
-        rows.sort(key=lambda row: tuple(str(row.get(k, "")) if k in ("plate", "well") else float(row.get(k, 0) or 0)
-                                        for k in ("plate", "well", "site", "t")))
-        stage_tables, stage_paths = writer(rows, out_dir, params)
-        tables.update(stage_tables)
-        paths.update(stage_paths)
-    return tables, paths
-
-
 def run_spec(
     spec: PipelineSpec,
     *,
@@ -404,7 +386,7 @@ def run_spec(
             seconds["compute"] = time.perf_counter() - start
             view.finish()
         if execution.stopped is None:  # a stopped run's tables would be partial (and its disk may be full)
-            tables, paths = _tables(spec, execution.results, out_dir)
+            tables, paths = write_tables(spec, execution.results, out_dir)
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (Terminated): what finished is recorded and kept
         interrupted = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted (Ctrl-C)"
         if view is not None:

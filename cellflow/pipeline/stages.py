@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cellflow.graph._tables import StageTables
 
 __all__ = ["STAGES", "StageEntry"]
 
@@ -28,9 +31,10 @@ class StageEntry:
     params_target: str
     build_target: str
     doc: str
-    #: ``"module:function"`` turning the stage's table rows into Parquet tables:
-    #: ``tables(rows: Sequence[Mapping], out_dir: Path, params) -> (dict[str, DataFrame], dict[str, Path])``,
-    #: keys ``'<group>/<level>'``; None for stages that return no rows.
+    #: ``"module:NAME"`` of the :class:`~cellflow.graph._tables.StageTables` turning the stage's table
+    #: rows into Parquet tables (frames from rows, then tables from frames; called, both:
+    #: ``tables(rows, out_dir, params) -> (dict[str, DataFrame], dict[str, Path])``, keys
+    #: ``'<group>/<level>'``); None for stages that return no rows.
     tables_target: str | None = None
 
     @property
@@ -44,7 +48,7 @@ class StageEntry:
         return _load(self.build_target)  # type: ignore[no-any-return]
 
     @property
-    def tables(self) -> Callable[..., Any] | None:
+    def tables(self) -> StageTables | None:
         """The table writer, or None."""
         return None if self.tables_target is None else _load(self.tables_target)  # type: ignore[no-any-return]
 
@@ -76,17 +80,17 @@ STAGES: dict[str, StageEntry] = {
         StageEntry(
             "score", "cellflow.graph.score:ScoreParams", "cellflow.graph.score:build_score",
             "Caicedo 2019 object-level scores of `pred` against `truth` -> score tables",
-            tables_target="cellflow.graph.score:score_tables",
+            tables_target="cellflow.graph.score:SCORE_TABLES",
         ),
         StageEntry(
             "track", "cellflow.graph.track:TrackStageParams", "cellflow.graph.track:build_track",
             "time-lapse tracking (LAP linking, gap closing, divisions) of a label variable per site -> track tables",
-            tables_target="cellflow.graph.track:track_tables",
+            tables_target="cellflow.graph.track:TRACK_TABLES",
         ),
         StageEntry(
             "ktr", "cellflow.graph.ktr:KtrParams", "cellflow.graph.ktr:build_ktr",
             "kinase-reporter nuclear/cytoplasmic ratio per cell and frame (ring, cytoplasm or GMM) -> ktr tables",
-            tables_target="cellflow.graph.ktr:ktr_tables",
+            tables_target="cellflow.graph.ktr:KTR_TABLES",
         ),
         StageEntry(
             "cells", "cellflow.graph.cells:CellsParams", "cellflow.graph.cells:build_cells",
@@ -96,13 +100,13 @@ STAGES: dict[str, StageEntry] = {
         StageEntry(
             "celltype", "cellflow.graph.celltype:CelltypeParams", "cellflow.graph.celltype:build_celltype",
             "per-cell type scores from a cell-type network (one interior class per type) -> celltype tables",
-            tables_target="cellflow.graph.celltype:celltype_tables",
+            tables_target="cellflow.graph.celltype:CELLTYPE_TABLES",
         ),
         StageEntry(
             "measure", "cellflow.graph.measure:MeasureParams", "cellflow.graph.measure:build_measure",
             "per-object shape/intensity/DNA content -> Parquet object parts in the store; "
             "field/well tables, 4N fraction, Z'",
-            tables_target="cellflow.graph.measure:measure_tables",
+            tables_target="cellflow.graph.measure:MEASURE_TABLES",
         ),
     )
 }

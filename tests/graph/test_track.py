@@ -9,7 +9,7 @@ import pytest
 from cellflow.errors import RegionError
 from cellflow.graph import build_track, track_tables
 from cellflow.graph._stage import StageGraph
-from cellflow.graph.track import TrackStageParams
+from cellflow.graph.track import TRACK_TABLES, TrackStageParams
 from cellflow.live import lineage_table, track_labels, tracks_frame
 from cellflow.pipeline.stages import STAGES
 from cellflow.screen.synthetic import SyntheticSpec, synthesize_field, write_synthetic_screen
@@ -59,6 +59,6 @@ def test_missing_label_variable_and_registry(screen):
     entry = STAGES["track"]
     params = entry.params.from_dict({"labels": "truth_nuclei", "max_gap": 1})
     assert params.tracker.max_gap == 1 and entry.params.from_dict(params.to_dict()) == params
-    assert entry.tables is track_tables
+    assert entry.tables is TRACK_TABLES
     with pytest.raises(ValueError, match="unknown keys"):
         entry.params.from_dict({"label": "x"})
