@@ -251,4 +251,9 @@ def cluster_client(spec: ClusterSpec, *, address: str | None = None) -> Iterator
         else:
             stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}))
             target = stack.enter_context(_local(spec) if spec.kind == "local" else _local_cuda(spec))
-        yield stack.enter_context(Client(target))
+        client = stack.enter_context(Client(target))
+        if spec.kind in ("local", "local-cuda"):  # workers whose output is this console's
+            from cellflow._worker_plugins import QuietCancellation
+
+            client.register_plugin(QuietCancellation())
+        yield client

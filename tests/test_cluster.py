@@ -285,3 +285,44 @@ def test_compute_returns_only_after_every_started_task_ended():
     assert not ended.is_set()
     ended.wait(5)
     assert compute(dask.delayed(slow)(), scheduler="sync") == (1,)
+
+
+def _sleep_then(seconds: float, value: int) -> int:
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+def test_a_stopped_runs_running_tasks_print_no_worker_warning_each(capfd):
+    """A local cluster's workers print to this console. A run that stops (Ctrl-C, SIGTERM, a full
+    disk) leaves the cluster with tasks still executing; closing it must not add one worker
+    warning per task ('Async instruction for <Task cancelled ...> ended with CancelledError')
+    under the run's own message."""
+    import time
+
+    spec = ClusterSpec(n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0")
+    with cluster_client(spec) as client:
+        assert client.submit(_sleep_then, 0, 7, pure=False).result(timeout=30) == 7
+        futures = [client.submit(_sleep_then, 2, i, pure=False) for i in range(2)]
+        deadline = time.monotonic() + 30
+        while sum(len(v) for v in client.processing().values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # both tasks are executing on the worker: now the run stops
+    time.sleep(0.5)  # the worker's last lines reach the console
+    assert all(not f.done() or f.cancelled() for f in futures)
+    assert "ended with CancelledError" not in capfd.readouterr().err
+
+
+def test_the_cancellation_filter_drops_only_cancellation_warnings():
+    import logging
+
+    from cellflow._worker_plugins import _CancelledNoise
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker.state_machine", logging.WARNING, __file__, 1, message, (), None)
+
+    noise = _CancelledNoise()
+    assert not noise.filter(record("Async instruction for <Task cancelled name=\"execute('x')\"> ended with CancelledError"))
+    assert noise.filter(record("Async instruction for <Task finished name=\"execute('x')\"> ended with ValueError('bad')"))
+    assert noise.filter(record("Compute Failed"))
