@@ -46,7 +46,7 @@ from cellflow.graph import StageGraph, TaskResult
 from cellflow.graph._parts import part_intact
 from cellflow.pipeline._rows import JsonRows, LoggedRows, RowsInLog, _json_default, plates_of
 from cellflow.screen.layout import DIMS_FIELD
-from cellflow.screen.store import ChunkRecord, FieldKey, Screen, _dims, chunk_digest
+from cellflow.screen.store import FieldKey, Screen, _dims, chunk_digest
 
 __all__ = ["LoggedRows", "RowsInLog", "StagePlan", "TaskLog", "Unit", "field_id", "input_digests", "plan_stage"]
 
@@ -244,13 +244,17 @@ def pending_entry(unit: Unit) -> dict[str, Any]:
 
 
 def entry_result(stage: str, unit: Unit, entry: Mapping[str, Any]) -> TaskResult:
-    """A skipped unit's result as recorded (its rows feed the tables like a fresh result's)."""
-    records = tuple(ChunkRecord(v, tuple(i), int(d)) for v, i, d in entry.get("records", ()))
+    """A skipped unit's result as recorded: its rows feed the tables like a fresh result's.
+
+    Without its chunk records: planning checked them against the ledgers from ``entry`` (they are
+    in the ledgers and stay in the log), and nothing reads them again, so the runner does not hold
+    them for the run (~0.5 KiB a unit).
+    """
     key = unit.fields[0] if len(unit.fields) == 1 else None
     rows = entry.get("rows", ())
     if not isinstance(rows, JsonRows):  # a line of another form: its rows as text (arrays stay encoded until read)
         rows = LoggedRows.of(rows) if rows else ()
-    return TaskResult(stage=stage, field=key, records=records, rows=rows)
+    return TaskResult(stage=stage, field=key, rows=rows)
 
 
 # ---------------------------------------------------------------------------- tokens

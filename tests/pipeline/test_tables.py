@@ -3,6 +3,7 @@ that one call of each stage's writer on all its rows (sorted by plate, well, sit
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -100,6 +101,14 @@ def test_a_runs_client_holds_its_rows_as_places_in_the_task_logs_and_writes_the_
             assert rows.path == log and not hasattr(rows, "_text") and not hasattr(rows, "__dict__")
             assert sys.getsizeof(rows) < 100 and rows.plates in {("P1",), ("P2",)}
     assert {p for r in held for p in getattr(r.rows, "plates", ())} == {"P1", "P2"}
+    # nor chunk records: they are in the ledgers and the task logs (where a resume reads them), not in memory
+    assert held and all(r.records == () for r in held)
+    in_logs = 0
+    for stage in result.stages:
+        done = [e for e in map(json.loads, TaskLog(screen, stage).path.read_text().splitlines())
+                if e.get("status") == "done"]
+        in_logs += sum(len(e["records"]) for e in done)
+    assert in_logs == sum(result.chunks_recorded.values()) > 0
     old_dir = tmp_path / "old"
     spec = _spec(folder)
     params = {name: p for name, _, p in spec.stage_entries()}
@@ -111,8 +120,16 @@ def test_a_runs_client_holds_its_rows_as_places_in_the_task_logs_and_writes_the_
         _assert_same_tables(got, expected, folder / "tables", old_dir)
         keys += list(expected[0])
     assert list(result.tables) == keys
-    again = run_spec(spec, progress=False)
+    import cellflow.pipeline.runner as runner
+
+    held_again: list[TaskResult] = []
+    real = runner.write_tables
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "write_tables", lambda spec, results, out: (held_again.extend(results),
+                                                                          real(spec, results, out))[1])
+        again = run_spec(spec, progress=False)
     assert again.status == "ok" and all(s["done"] == 0 for s in again.stages.values()), again.stages
+    assert len(held_again) == len(held) and all(r.records == () for r in held_again)  # resumed: rows only too
     assert list(again.tables) == list(result.tables)
     for key, frame in result.tables.items():
         pd.testing.assert_frame_equal(again.tables[key], frame, obj=key)
