@@ -121,6 +121,8 @@ class FieldSampler:
         self._ignore = (ignore_area_ratio, ignore_solidity)
         self._cache: dict[int, FieldData] = {}
         self._extents: dict[Screen, dict[FieldKey, tuple[int, int]]] = {}
+        #: Chance of drawing each field for a crop (sums to 1); None: uniform.
+        self.probabilities: np.ndarray | None = None
 
     def _screen_extents(self, screen: Screen) -> dict[FieldKey, tuple[int, int]]:
         if screen not in self._extents:
@@ -150,7 +152,11 @@ class FieldSampler:
         params = replace(params, crop_size=crop_size)
         images, targets, weights = [], [], []
         for _ in range(size):
-            data = self.field(int(rng.integers(len(self.fields))))
+            if self.probabilities is None:
+                index = int(rng.integers(len(self.fields)))
+            else:
+                index = int(rng.choice(len(self.fields), p=self.probabilities))
+            data = self.field(index)
             image, (target, weight) = augment(data.image, (data.target, data.weights), params, rng)
             images.append(image)
             targets.append(target.astype(np.int64))

@@ -152,6 +152,10 @@ class TrainParams:
         median area, or less solid than ``ignore_solidity``, are likely merges and are left
         out of the loss with a 2-pixel margin (:func:`~cellflow.nn.targets.suspect_objects`).
         Validation is unaffected.
+    screen_weights : sequence of float, optional
+        Share of the training crops drawn from each screen, in the order the screens are
+        given (e.g. ``[1, 1]``: half from a few real fields, half from many synthetic ones);
+        weights need not sum to 1. None: every training field is equally likely.
 
     Raises
     ------
@@ -197,6 +201,7 @@ class TrainParams:
     init_from: str | None = None
     ignore_area_ratio: float | None = None
     ignore_solidity: float | None = None
+    screen_weights: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -226,6 +231,21 @@ class TrainParams:
         _choice("device", self.device, _DEVICES)
         self._check_rates()
         self._check_split()
+        self._check_screen_weights()
+
+    def _check_screen_weights(self) -> None:
+        weights = self.screen_weights
+        if weights is None:
+            return
+        expected = "None or a non-empty list of finite numbers >= 0, not all 0"
+        if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Sequence) or not weights:
+            raise _fail("screen_weights", expected, weights)
+        for w in weights:
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+                raise _fail("screen_weights", expected, weights)
+        if not any(weights):
+            raise _fail("screen_weights", expected, weights)
+        object.__setattr__(self, "screen_weights", tuple(float(w) for w in weights))
 
     def _check_rates(self) -> None:
         for name, low_open in (("learning_rate", True), ("weight_decay", False)):
@@ -457,11 +477,13 @@ def train(
             raise ValueError(f"TrainParams.target {params.target!r} is not a variable of {screen.path}; "
                              f"it has {list(screen.variables)!r}")
     training, validation = split_fields(screens, params)
+    probabilities = _field_probabilities(screens, training, params)
     device = _device(params)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "model.pt"
     sampler, val_sampler = _sampler(training, params, training=True), _sampler(validation, params)
+    sampler.probabilities = probabilities
     truths = [_truth(ref, params, val_sampler, index) for index, ref in enumerate(validation)]
     with _reproducible(params.seed, device):
         model = params.model_config(planes.pop()).build().to(device)
@@ -478,6 +500,23 @@ def train(
         initial_f1=initial_f1, train_fields=tuple(tuple(r.record) for r in training),
         validation_fields=tuple(tuple(r.record) for r in validation),
     )
+
+
+def _field_probabilities(screens: Sequence[Screen], training: Sequence[FieldRef],
+                         params: TrainParams) -> np.ndarray | None:
+    """Per training field, the chance a crop comes from it (``params.screen_weights``), or None (uniform)."""
+    weights = params.screen_weights
+    if weights is None:
+        return None
+    if len(weights) != len(screens):
+        raise _fail("screen_weights", f"one weight per screen ({len(screens)})", list(weights))
+    index = {id(screen): i for i, screen in enumerate(screens)}
+    owner = np.array([index[id(ref.screen)] for ref in training])
+    counts = np.bincount(owner, minlength=len(screens))
+    if not any(weights[i] > 0 and counts[i] > 0 for i in range(len(screens))):
+        raise _fail("screen_weights", "a weight > 0 for a screen with training fields", list(weights))
+    per_field = np.array([weights[i] / counts[i] for i in owner])
+    return per_field / per_field.sum()
 
 
 def _sampler(fields: Sequence[FieldRef], params: TrainParams, *, training: bool = False) -> FieldSampler:

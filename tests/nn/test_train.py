@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,11 @@ def test_params_round_trip() -> None:
     ({"model_options": {"depth": 3}}, "model / model_options: .*depth"),
     ({"augment": AugmentParams(crop_size=64)}, "augment.crop_size"),
     ({"validation_sites": ["x"]}, "validation_sites"),
+    ({"screen_weights": [0, 0]}, "screen_weights"),
+    ({"screen_weights": [1, -1]}, "screen_weights"),
+    ({"screen_weights": [1, float("nan")]}, "screen_weights"),
+    ({"screen_weights": []}, "screen_weights"),
+    ({"screen_weights": "11"}, "screen_weights"),
 ])
 def test_bad_params_name_the_field(changes: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=rf"TrainParams\.{match}"):
@@ -167,3 +173,35 @@ def test_init_from_starts_at_the_checkpoint_and_checks_the_architecture(tmp_path
     with pytest.raises(ValueError, match="init_from"):
         train(screen, TrainParams(epochs=1, init_from=str(first.checkpoint),
                                   **{**base, "model_options": {"width": 4, "levels": 2}}), out=tmp_path / "c")
+
+
+def test_screen_weights_set_each_screens_share_of_the_crops(screen: Screen, tmp_path: Path) -> None:
+    """Two screens, 3 and 8 training fields, weights 1 : 3: a quarter of the crops from the small one."""
+    from cellflow.nn import train as train_module
+
+    other = write_synthetic_screen(tmp_path / "other.zarr", replace(SPEC, wells=("B01", "B02"), sites=4, seed=4),
+                                   scheduler="synchronous")
+    params = replace(PARAMS, screen_weights=[1, 3])
+    assert TrainParams.from_dict(params.to_dict()) == params and params.screen_weights == (1.0, 3.0)
+    training, _ = split_fields([screen, other], params)
+    probabilities = train_module._field_probabilities([screen, other], training, params)
+    assert probabilities is not None
+    owners = np.array([ref.screen is other for ref in training])
+    assert owners.sum() == 8 and (~owners).sum() == 3
+    np.testing.assert_allclose(probabilities[~owners], 0.25 / 3)  # hand-computed: 1/4 over 3 fields
+    np.testing.assert_allclose(probabilities[owners], 0.75 / 8)
+    # the sampler draws by them (seeded): ~25 % of 400 crops from the first screen
+    sampler = train_module._sampler(training, params, training=True)
+    sampler.probabilities = probabilities
+    drawn: list[int] = []
+    original = sampler.field
+    sampler.field = lambda index: (drawn.append(index), original(index))[1]  # type: ignore[method-assign]
+    sampler.batch(np.random.default_rng(0), size=400, crop_size=32, params=AUGMENT)
+    share = np.mean([not owners[i] for i in drawn])
+    assert 0.19 < share < 0.31
+    assert train_module._field_probabilities([screen, other], training, replace(params, screen_weights=None)) is None
+    with pytest.raises(ValueError, match=r"screen_weights must be one weight per screen \(2\)"):
+        train_module._field_probabilities([screen, other], training, replace(params, screen_weights=[1]))
+    with pytest.raises(ValueError, match="screen_weights must be a weight > 0 for a screen with training fields"):
+        train_module._field_probabilities([screen, other], [r for r in training if r.screen is screen],
+                                          replace(params, screen_weights=[0, 1]))
