@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -43,15 +44,19 @@ def _segment(folder: Path, out: Path, extra: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def _score(rows: list[dict[str, str]], root: Path, out: Path) -> dict[str, float]:
+def _score(rows: list[dict[str, str]], root: Path, out: Path) -> dict[str, Any]:
     scores = [score_field(iio.imread(root / r["mask"]), tifffile.imread(out / f"{Path(r['image']).stem}.tif"))
               for r in rows]
+    groups: dict[str, list[float]] = {}
+    for r, s in zip(rows, scores, strict=True):
+        groups.setdefault(f"{r['height']}x{r['width']}", []).append(s.f1_mean)
     return {
         "avg_f1": float(np.mean([s.f1_mean for s in scores])),
         "f1_0.5": float(np.mean([s.f1[0] for s in scores])),
         "f1_0.7": float(np.mean([s.f1[4] for s in scores])),
         "merges": int(sum(s.merges for s in scores)),
         "splits": int(sum(s.splits for s in scores)),
+        "avg_f1_by_size": {k: {"images": len(v), "avg_f1": float(np.mean(v))} for k, v in sorted(groups.items())},
     }
 
 
@@ -59,15 +64,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--root", type=Path, default=Path("../shared/data/nuclei"))
+    parser.add_argument("--no-classical", action="store_true", help="score the model only")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     args = parser.parse_args()
     rows = _images(args.root)
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "dsb_test_grey"
         folder.mkdir()
         for r in rows:
             shutil.copy(args.root / r["image"], folder)
-        for name, extra in (("model", ["--model", str(args.model)]), ("classical", ["--classical"])):
+        methods = [("model", ["--model", str(args.model)]), ("classical", ["--classical"])]
+        for name, extra in methods[: 1 if args.no_classical else 2]:
             out = Path(tmp) / name
             seconds = _segment(folder, out, extra)
             results[name] = {**_score(rows, args.root, out), "seconds": seconds}
@@ -75,8 +83,13 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:10s} {r['avg_f1']:6.3f} {r['f1_0.5']:6.3f} {r['f1_0.7']:6.3f} {r['merges']:6d} "
               f"{r['splits']:6d} {r['seconds']:6.1f}")
-    RESULTS.write_text(json.dumps({"images": len(rows), "model": str(args.model), "results": results}, indent=2))
-    print(f"wrote {RESULTS}")
+    sizes = list(results["model"]["avg_f1_by_size"])
+    print("avg F1 by image size: " + "; ".join(
+        f"{k} ({results['model']['avg_f1_by_size'][k]['images']}): "
+        + " / ".join(f"{r['avg_f1_by_size'][k]['avg_f1']:.3f}" for r in results.values()) for k in sizes)
+        + f"  ({' / '.join(results)})")
+    args.out.write_text(json.dumps({"images": len(rows), "model": str(args.model), "results": results}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
