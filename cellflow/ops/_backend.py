@@ -55,6 +55,32 @@ class Backend:
         """``values`` as an array of this backend."""
         return self.xp.asarray(values)
 
+    def fill_holes(self, mask: Any) -> Any:
+        """``ndi.binary_fill_holes(mask)`` (default structure), in one labelling pass.
+
+        The background components (face-connected, as ``binary_fill_holes`` floods them) that
+        touch no edge of the array are holes. SciPy floods by repeated dilation, one pixel a
+        pass, which on a 520×696 field of nuclei costs several times this.
+
+        Examples
+        --------
+        >>> be = backend_of(np.zeros(1))
+        >>> ring = np.zeros((5, 5), bool); ring[1:4, 1:4] = True; ring[2, 2] = False
+        >>> be.fill_holes(ring).astype(int)[2]
+        array([0, 1, 1, 1, 0])
+        """
+        xp = self.xp
+        mask = xp.asarray(mask, dtype=bool)
+        background, count = self.ndi.label(~mask)
+        if count == 0 or mask.ndim == 0:
+            return mask.copy()
+        edge = xp.zeros(int(count) + 1, bool)
+        for axis in range(mask.ndim):
+            edge[xp.take(background, 0, axis=axis)] = True
+            edge[xp.take(background, -1, axis=axis)] = True
+        edge[0] = False  # label 0 is the mask itself
+        return ~edge[background]
+
 
 def _numpy() -> Backend:
     import scipy.ndimage

@@ -314,7 +314,7 @@ def _smoothed_mask(be: Backend, image: Any, smoothing_px: float, threshold: floa
         floor = float(be.xp.percentile(smooth, _FLOOR_PERCENTILE))
         otsu = float(be.ski("filters").threshold_otsu(smooth))
         threshold = floor + correction * (otsu - floor)
-    return smooth, be.ndi.binary_fill_holes(smooth > threshold)
+    return smooth, be.fill_holes(smooth > threshold)
 
 
 def estimate_diameter(image: Any, *, smoothing_px: float = 1.0) -> float | None:
@@ -417,7 +417,7 @@ def _valleys(be: Backend, image: Any, mask: Any, diameter_px: float, params: Nuc
     depth = params.valley_depth * xp.maximum(brightness, 1e-3)
     seams = (valley_curvature(plane, params.valley_sigma_px) > depth) & mask
     # A seam that closes on itself (round the rim of a dark nucleolus) separates nothing: drop those.
-    enclosed = be.ndi.binary_fill_holes(seams) & ~seams
+    enclosed = be.fill_holes(seams) & ~seams
     if bool(enclosed.any()):
         pieces, _ = be.ndi.label(seams, structure=xp.ones((3, 3), bool))
         loops = xp.unique(pieces[be.ndi.binary_dilation(enclosed, structure=xp.ones((3, 3), bool)) & seams])
@@ -589,7 +589,8 @@ def segment_cells(image: Any, nuclei: Any, *, params: CellParams | None = None) 
     seeds = to_host(nuclei).astype(np.int32)
     plane = image.astype(be.xp.float32, copy=False)
     _, mask = _smoothed_mask(be, plane, 0.0, params.threshold, params.threshold_correction)
-    mask = ndi.binary_fill_holes(to_host(mask) | (seeds > 0))
+    mask = to_host(mask) | (seeds > 0)
+    mask = backend_of(mask).fill_holes(mask)
     landscape = plane
     if params.dilation_px > 1:
         landscape = be.ndi.grey_dilation(plane, footprint=be.asarray(disk(params.dilation_px // 2)))

@@ -340,7 +340,7 @@ def probabilities_to_labels(probabilities: Any, params: PostprocessParams | None
     interior, boundary, foreground_score = _split_classes(probabilities)
     foreground = foreground_score > params.foreground_threshold
     if params.fill_holes:
-        foreground = ndi.binary_fill_holes(foreground)
+        foreground = backend_of(foreground).fill_holes(foreground)
     if params.h > 0:
         smooth = ndi.gaussian_filter(interior, _MARKER_SMOOTHING_PX)
         markers = h_maxima_markers(smooth, params.h, mask=foreground & (interior > params.foreground_threshold))
