@@ -66,12 +66,16 @@ def test_a_full_disk_stops_the_run_and_the_next_run_completes_it(tmp_path, monke
     screen = Screen.open(tmp_path / "full" / "p.zarr")
     log = TaskLog(screen, "autolabel").load()
     done = {unit for unit, entry in log.items() if entry["status"] == "done"}
-    assert len(done) == 2 and all(entry["status"] in ("done", "pending") for entry in log.values())
+    # the two units whose writes went through are done, except that on the threaded scheduler the second one's
+    # completion can reach the recorder after the third unit's ENOSPC has stopped the run (seen under load): then
+    # it is left pending and redone below, never lost
+    assert len(done) in ((1, 2) if scheduler is None else (2,)), done
+    assert all(entry["status"] in ("done", "pending") for entry in log.values())
 
     monkeypatch.undo()  # space freed
     resumed = run_spec(_spec(tmp_path / "full"), progress=False, scheduler=scheduler)
     assert resumed.status == "ok"
-    assert resumed.stages["autolabel"]["skipped"] == 2 and resumed.stages["autolabel"]["done"] == 4
+    assert resumed.stages["autolabel"]["skipped"] == len(done) and resumed.stages["autolabel"]["done"] == 6 - len(done)
     np.testing.assert_array_equal(resumed.screen.dataset()["labels_nuclei"].values,
                                   clean.screen.dataset()["labels_nuclei"].values)
     pd.testing.assert_frame_equal(resumed.tables["labels_nuclei/fields"], clean.tables["labels_nuclei/fields"])
