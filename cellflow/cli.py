@@ -187,7 +187,8 @@ def train(
 
 @app.command()
 def segment(
-    source: Annotated[Path, typer.Argument(help="Folder of TIFF/PNG/JPEG images, or a screen store")],
+    source: Annotated[Path, typer.Argument(
+        help="Folder of TIFF/PNG/JPEG images (multi-page TIFFs are z-stacks), or a screen store")],
     output: Annotated[Path | None, typer.Argument(help="Folder for the label TIFFs (folder input only)")] = None,
     classical: Annotated[bool, typer.Option(help="Classical Otsu + watershed nuclei")] = False,
     model: Annotated[Path | None, typer.Option(help="A trained checkpoint (cellflow train) to segment with")] = None,

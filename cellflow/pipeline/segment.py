@@ -1,7 +1,7 @@
 """``cellflow segment``: the everyday entry point, a store or a folder of images in, labels out.
 
 For a folder, the images are ingested into a screen store (one field per file, any
-sizes; :func:`~cellflow.screen.ingest.ingest_images`), segmented by the same dask
+sizes, multi-page TIFFs as z-stacks; :func:`~cellflow.screen.ingest.ingest_images`), segmented by the same dask
 graph as ``cellflow run`` on the same cluster options, and written back as one
 uint32 label TIFF per input, with the input's stem, cropped to the input's size.
 For a store, the labels are written into the store itself.

@@ -12,6 +12,7 @@ import csv
 import fnmatch
 import itertools
 import string
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +38,13 @@ CHANNEL = "image"
 MAX_PAIRS_PER_PLATE = 1536
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")  # JPEG: lossy, but some instruments export it
 _COLUMNS = 24
+
+
+class _Planes(NamedTuple):
+    """How many z planes every image of an ingest has, and the file that set it (named in reasons)."""
+
+    n: int
+    reference: str
 
 
 class _Pair(NamedTuple):
@@ -141,22 +149,23 @@ def _write_field_variable(screen: Screen, name: str, values: np.ndarray, dtype: 
 
 def _ingest_pair(
     screen: Screen, field: FieldKey, pair: _Pair, shape_yx: tuple[int, int], store_yx: tuple[int, int],
-    dtype: str = "uint16",
+    dtype: str = "uint16", planes: _Planes | None = None,
 ) -> FieldResult:
-    """Read an image (``shape_yx``) and its mask, then write both zero-padded to ``store_yx`` (images as ``dtype``)."""
-    image_spec = PlaneSpec(1, shape_yx, np.dtype(dtype), "mean", pair.image)
+    """Read an image (``shape_yx``, ``planes`` z planes) and its mask, then write both zero-padded to ``store_yx``."""
+    n_planes, reference = (1, pair.image) if planes is None else planes
+    image_spec = PlaneSpec(n_planes, shape_yx, np.dtype(dtype), "mean", reference)
     try:
-        image = read_checked(pair.image, image_spec)[0]
+        image = read_checked(pair.image, image_spec)
         truth = None
         if pair.mask is not None:
-            mask_spec = PlaneSpec(1, image.shape, np.dtype("uint32"), None, pair.image, "truth_nuclei")
+            mask_spec = PlaneSpec(1, shape_yx, np.dtype("uint32"), None, pair.image, "truth_nuclei")
             truth = read_checked(pair.mask, mask_spec)[0]
     except BadFile as bad:
         return FieldResult(field, failed=((bad.path, bad.reason),))
     where = {"plate": field.plate, "well": field.well, "site": field.site, "t": field.t}
-    padded = np.zeros(store_yx, dtype=image.dtype)
-    padded[: image.shape[0], : image.shape[1]] = image
-    records = screen.write("images", padded[np.newaxis, np.newaxis], **where)
+    padded = np.zeros((n_planes, *store_yx), dtype=image.dtype)
+    padded[:, : shape_yx[0], : shape_yx[1]] = image
+    records = screen.write("images", padded[np.newaxis], **where)
     if truth is not None:
         padded_truth = np.zeros(store_yx, dtype=np.uint32)
         padded_truth[: truth.shape[0], : truth.shape[1]] = truth
@@ -275,6 +284,11 @@ def ingest_images(
     to the largest size with their true size in ``extent_y``/``extent_x`` and the file
     stem in ``source_name``. This is how ``cellflow segment FOLDER OUT`` reads its input.
 
+    A multi-page TIFF is a z-stack: its pages are the field's z planes (``z`` = 0, 1, ...
+    as plane numbers). One store holds one depth, the one most files have; a file of
+    another depth, or whose pages are channels or time points (ImageJ/OME axes), is
+    reported in ``failed`` with the reason, and the rest are ingested.
+
     Raises
     ------
     IngestError
@@ -299,10 +313,12 @@ def _ingest_pairs(
             headers[pair.image] = read_header(pair.image)
         except BadFile as bad:
             headers[pair.image] = bad
+    planes = _stack_depth(headers)
     readable = [h for h in headers.values() if not isinstance(h, BadFile)]
     sizes = [h.shape_yx for h in readable]
     if not sizes:
-        raise IngestError(f"none of the {len(pairs)} selected images in {root} can be read")
+        first = next(iter(headers.values()))
+        raise IngestError(f"none of the {len(pairs)} selected images in {root} can be ingested; first: {first}")
     # Integer images are stored as uint16; one floating-point image makes it float32 for all,
     # which holds every 8- and 16-bit value exactly (a float image is never refused or rounded).
     dtype = "float32" if any(np.dtype(h.dtype).kind == "f" for h in readable) else "uint16"
@@ -310,6 +326,7 @@ def _ingest_pairs(
         plates=tuple(by_plate), wells=wells, sites=(0,), channels=(CHANNEL,),
         shape_yx=(max(s[0] for s in sizes), max(s[1] for s in sizes)), dtype=dtype,
         tile_yx=(MAX_TILE, MAX_TILE), attrs={"ingest_folder": str(root)},
+        z_um=tuple(float(z) for z in range(planes.n)),
     )
     screen = Screen.create(store_path, layout, overwrite=overwrite)
     if with_truth:
@@ -325,7 +342,7 @@ def _ingest_pairs(
                 results.append(FieldResult(field, failed=((header.path, header.reason),)))
             else:
                 tasks.append(dask.delayed(_ingest_pair, pure=True)(
-                    screen, field, pair, header.shape_yx, layout.shape_yx, dtype))
+                    screen, field, pair, header.shape_yx, layout.shape_yx, dtype, planes))
     results += run_fields(tasks, scheduler)
     notes = [f"{p.image} has no mask in masks/; ingested without truth" for p in pairs
              if with_truth and p.mask is None]
@@ -333,6 +350,30 @@ def _ingest_pairs(
               if with_modality and not p.modality]
     return finish(screen, results, variables=["images", "truth_nuclei"] if with_truth else ["images"],
                   n_files=len(pairs) + sum(p.mask is not None for p in pairs), skipped=skipped, notes=notes)
+
+
+def _stack_depth(headers: dict[str, Any]) -> _Planes:
+    """The z depth of the ingest: the plane count most of the readable files have (ties: the first file's).
+
+    Marks the files that cannot join it as bad in ``headers``: planes along a channel or time
+    axis, or another number of planes than the depth (each reason names the file that set it).
+    One odd file is reported; it never decides the layout of the rest.
+    """
+    for path, header in headers.items():
+        if not isinstance(header, BadFile) and header.z_problem() is not None:
+            headers[path] = BadFile(path, str(header.z_problem()))
+    readable = [h for h in headers.values() if not isinstance(h, BadFile)]
+    if not readable:
+        return _Planes(1, "")
+    counts = Counter(h.n_planes for h in readable)  # insertion order: the first file wins a tie
+    depth = max(counts, key=counts.__getitem__)
+    reference = next(h.path for h in readable if h.n_planes == depth)
+    for path, header in headers.items():
+        if not isinstance(header, BadFile) and header.n_planes != depth:
+            stack = "single planes" if depth == 1 else f"z-stacks of {depth} planes"
+            headers[path] = BadFile(path, f"has {header.n_planes} planes (pages); expected {depth} like {reference} "
+                                          f"(most images here are {stack}; one ingest holds one z depth)")
+    return _Planes(depth, reference)
 
 
 def _write_pair_variables(

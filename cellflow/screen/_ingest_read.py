@@ -35,6 +35,10 @@ _PIL_MODES: dict[str, tuple[str, int]] = {
     "RGB": ("uint8", 3), "RGBA": ("uint8", 4), "I;16": ("uint16", 1), "I;16L": ("uint16", 1),
     "I;16B": ("uint16", 1), "I;16N": ("uint16", 1), "I": ("int32", 1), "F": ("float32", 1),
 }
+# tifffile axis letters that may be read as focal planes: Z, and unnamed pages (Q shaped, I ImageJ).
+_Z_AXES = "ZQI"
+_AXIS_NAMES = {"C": "channels", "T": "time points", "R": "tiles", "P": "phases", "H": "lifetime bins",
+               "E": "lambda", "A": "angles", "V": "views", "L": "exposures", "M": "mosaic tiles"}
 # Luminance weights of ITU-R BT.709, as in skimage.color.rgb2gray.
 _LUMINANCE = np.array([0.2125, 0.7154, 0.0721])
 
@@ -56,6 +60,8 @@ class ImageHeader:
     """What a file holds, read without its pixels.
 
     ``samples`` is 1 for grey, 2 for grey + alpha (alpha dropped), 3 RGB, 4 RGBA.
+    ``plane_axes`` names what the planes run along, in tifffile's letters (``'Z'`` focus,
+    ``'C'`` channel, ``'T'`` time, ``'Q'``/``'I'`` unnamed pages; ``''`` for one plane).
     """
 
     path: str
@@ -63,6 +69,28 @@ class ImageHeader:
     shape_yx: tuple[int, int]
     dtype: np.dtype[Any]
     samples: int
+    plane_axes: str = ""
+
+    def z_problem(self) -> str | None:
+        """Why the file's planes cannot be z planes (a channel or time axis), or None.
+
+        Every ingest path reads a file's pages as focal planes; channels or time points
+        stacked in one file would be mixed into one z-stack (and averaged by a z-projection).
+
+        Examples
+        --------
+        >>> ImageHeader("a.tif", 3, (8, 8), np.dtype("uint16"), 1, "C").z_problem().split(";")[0]
+        "holds 3 planes along axis 'C' (channels)"
+        >>> ImageHeader("a.tif", 3, (8, 8), np.dtype("uint16"), 1, "Z").z_problem() is None
+        True
+        """
+        others = [axis for axis in self.plane_axes if axis not in _Z_AXES]
+        if self.n_planes <= 1 or not others:
+            return None
+        named = ", ".join(_AXIS_NAMES.get(axis, "unknown") for axis in others)
+        return (f"holds {self.n_planes} planes along axis {''.join(others)!r} ({named}); cellflow reads a file's "
+                "pages as z planes, so each file must hold one channel and one time point: save one file per "
+                "channel and time point")
 
 
 @dataclass(frozen=True)
@@ -148,11 +176,12 @@ def _tiff_reader(path: Path) -> Generator[Any, None, None]:
         series = list(tif.series)
         shape, axes = _tiff_layout(series)
         samples = shape[axes.index("S")] if "S" in axes else 1
-        plane_shape = [n for n, a in zip(shape, axes) if a != "S"]
-        if len(plane_shape) < 2:
+        planes = [(n, a) for n, a in zip(shape, axes) if a != "S"]
+        if len(planes) < 2:
             raise ValueError(f"expected a 2D image or a stack of them, got shape {shape} (axes {axes!r})")
-        yield ImageHeader(str(path), math.prod(plane_shape[:-2]), (plane_shape[-2], plane_shape[-1]),
-                          np.dtype(series[0].dtype), samples)
+        stacked = [(n, a) for n, a in planes[:-2] if n > 1]  # length-1 axes (a 1-channel hyperstack) say nothing
+        yield ImageHeader(str(path), math.prod(n for n, _ in stacked), (planes[-2][0], planes[-1][0]),
+                          np.dtype(series[0].dtype), samples, "".join(a for _, a in stacked))
         data = series[0].asarray() if len(series) == 1 else np.stack([s.asarray() for s in series])
     data = data.reshape(shape)
     if "S" in axes:
@@ -239,6 +268,9 @@ def _decode(path: Path, rgb: str | None) -> np.ndarray:
     """``(planes, y, x)`` pixels of a file, RGB(A) reduced with ``rgb``."""
     header, reader = _open(path)
     try:
+        problem = header.z_problem()
+        if problem is not None:
+            raise BadFile(path, problem)
         if header.samples >= 3 and rgb is None:
             raise BadFile(
                 path, f"is RGB(A) ({header.samples} samples per pixel); set rgb= to one of "

@@ -88,6 +88,44 @@ def test_a_stores_own_labels_are_never_replaced_silently(tmp_path):
     assert all(not screen.read("labels_nuclei", **k._asdict()).any() for k in keys)  # replaced, as asked
 
 
+def test_a_folder_of_z_stacks_is_segmented_on_the_z_mean(folder, tmp_path):
+    """Multi-page TIFFs (a nuclear stain imaged at several focal planes) are z-stacks: labelled on their mean,
+    as the classical auto labels of a store are; a file of another depth or of channels is named, never mixed in."""
+    rng = np.random.default_rng(23)
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    expected = {}
+    for i, source in enumerate(sorted(folder.iterdir())):
+        image = iio.imread(source)
+        plane = (image[..., 0] if image.ndim == 3 else image).astype(np.float32)
+        # three focal planes: in focus, and two dimmer, noisier ones
+        stack = np.stack([plane, 0.7 * plane + rng.normal(0, 2, plane.shape), 0.5 * plane + 5]).clip(0, 255)
+        stack = np.rint(stack).astype(np.uint16)
+        if i == 0:
+            tifffile.imwrite(stacks / f"{source.stem}.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+        else:
+            tifffile.imwrite(stacks / f"{source.stem}.tif", stack, photometric="minisblack")
+        expected[source.stem] = segment_nuclei(stack.astype(np.float32).mean(axis=0, dtype=np.float32))
+    tifffile.imwrite(stacks / "two_planes.tif", np.zeros((2, 40, 40), np.uint16))
+    tifffile.imwrite(stacks / "channels.tif", np.zeros((3, 40, 40), np.uint16), imagej=True,
+                     metadata={"axes": "CYX"})
+    out = tmp_path / "labels"
+    result = segment(stacks, out, params=AutolabelParams(nuclear_channel="image", illumination=False),
+                     cluster=ClusterSpec(kind="threads"), progress=False)
+    reasons = dict(result.failed)
+    assert sorted(reasons) == [str(stacks / "channels.tif"), str(stacks / "two_planes.tif")]
+    assert "along axis 'C' (channels)" in reasons[str(stacks / "channels.tif")]
+    assert reasons[str(stacks / "two_planes.tif")].startswith("has 2 planes (pages); expected 3 like ")
+    assert sorted(p.stem for p in result.label_files) == sorted(expected)
+    for stem, labels in expected.items():
+        written = tifffile.imread(out / f"{stem}.tif")
+        assert written.shape == labels.shape and labels.max() > 0
+        np.testing.assert_array_equal(written, labels)
+        # the mean is not the in-focus plane alone: the oracle is not trivially met
+    assert any(not np.array_equal(labels, segment_nuclei(iio.imread(folder / f"{stem}.png")[..., 0].astype(
+        np.float32))) for stem, labels in expected.items())
+
+
 def test_a_bad_image_is_named_and_the_rest_are_segmented(folder, tmp_path):
     bad = folder / "broken.tif"
     tifffile.imwrite(bad, np.ones((64, 64), np.uint16))

@@ -543,6 +543,60 @@ def test_read_header_is_cheap_and_names_bad_files(tmp_path):
         read_header(tmp_path / "b.png")
 
 
+def test_read_header_names_what_the_planes_run_along(tmp_path):
+    import tifffile
+
+    stack = np.zeros((3, 20, 30), np.uint16)
+    cases = {"z": ({"imagej": True, "metadata": {"axes": "ZYX"}}, "Z"), "c": ({"imagej": True, "metadata": {
+        "axes": "CYX"}}, "C"), "t": ({"metadata": {"axes": "TYX"}, "photometric": "minisblack"}, "T"),
+             "plain": ({"photometric": "minisblack"}, "Q")}
+    for name, (kwargs, axes) in cases.items():
+        tifffile.imwrite(tmp_path / f"{name}.tif", stack, **kwargs)
+        header = read_header(tmp_path / f"{name}.tif")
+        assert (header.n_planes, header.plane_axes) == (3, axes)
+        assert (header.z_problem() is None) == (axes in "ZQ")
+    # a one-channel hyperstack: the length-1 channel axis says nothing, its planes are z
+    tifffile.imwrite(tmp_path / "zc.tif", np.zeros((4, 1, 20, 30), np.uint16), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    header = read_header(tmp_path / "zc.tif")
+    assert (header.n_planes, header.plane_axes, header.z_problem()) == (4, "Z", None)
+    assert read_header(tmp_path / "plain.tif").n_planes == 3
+    tifffile.imwrite(tmp_path / "one.tif", stack[0])
+    assert (read_header(tmp_path / "one.tif").plane_axes, read_header(tmp_path / "one.tif").z_problem()) == ("", None)
+
+
+def test_ingest_images_folder_of_z_stacks(tmp_path):
+    """Multi-page files become the z planes of their field; the depth is the one most files have, the rest are named."""
+    import tifffile
+
+    from cellflow.screen import Screen
+    from cellflow.screen.ingest import ingest_images
+
+    rng = np.random.default_rng(12)
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    written = {f"s{i}": rng.integers(0, 4000, (3, 24 + 8 * i, 40), dtype=np.uint16) for i in range(3)}
+    for stem, array in written.items():
+        tifffile.imwrite(folder / f"{stem}.tif", array, photometric="minisblack")
+    tifffile.imwrite(folder / "flat.tif", written["s0"][0])
+    tifffile.imwrite(folder / "time.tif", written["s0"], metadata={"axes": "TYX"}, photometric="minisblack")
+    report = ingest_images(folder, tmp_path / "s.zarr")
+    assert report.n_fields_ingested == 3
+    reasons = dict(report.failed)
+    assert sorted(reasons) == [str(folder / "flat.tif"), str(folder / "time.tif")]
+    assert reasons[str(folder / "flat.tif")] == (
+        f"has 1 planes (pages); expected 3 like {folder / 's0.tif'} (most images here are z-stacks of 3 planes; "
+        "one ingest holds one z depth)")
+    assert "(time points)" in reasons[str(folder / "time.tif")]
+    ds = Screen.open(tmp_path / "s.zarr").dataset()
+    assert ds.sizes["z"] == 3
+    for well, stem in zip(("A02", "A03", "A04"), written):
+        field = ds.sel(plate="stacks", well=well, site=0, t=0.0)
+        assert str(field.source_name.values) == stem
+        h, w = int(field.extent_y), int(field.extent_x)
+        np.testing.assert_array_equal(field.images.sel(c="image").values[:, :h, :w], written[stem])
+
+
 def test_ingest_images_flat_folder_of_mixed_sizes(tmp_path):
     """A flat folder (what `cellflow segment FOLDER OUT` reads): one field per file, padded, extents kept."""
     import tifffile
