@@ -201,6 +201,8 @@ def segment(
     scheduler: Annotated[str | None, typer.Option(help="Address of a running scheduler tcp://HOST:PORT")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing label files (a store's labels_nuclei)")] = False,
     keep_store: Annotated[Path | None, typer.Option(help="Keep the intermediate screen store here")] = None,
+    rgb: Annotated[str, typer.Option(
+        help="How RGB images become one channel: mean (grey images), red, green, blue, max, luminance")] = "mean",
 ) -> None:
     """Segment nuclei: a folder in -> one uint32 label TIFF per image (same stem); a store -> labels_nuclei."""
     from cellflow.graph.autolabel import AutolabelParams
@@ -217,8 +219,7 @@ def segment(
     cluster = ClusterSpec(kind="threads") if workers == 0 else ClusterSpec(n_workers=workers)
     result = run_segment(
         source, output, params=params, model=model, tile=tile, cluster=cluster, scheduler=scheduler,
-        overwrite=overwrite,
-        keep_store=keep_store, console=console,
+        overwrite=overwrite, keep_store=keep_store, console=console, rgb=rgb,
     )
     if not is_store:
         total = sum(result.objects.values())
@@ -226,10 +227,19 @@ def segment(
     else:
         console.print(f"labels_nuclei written into {result.store}")
     _print_skipped(result.skipped, source)
+    _print_notes(result.notes)
     for path, reason in result.failed:
         console.print(f"[red]not segmented:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(code=3)
+
+
+def _print_notes(notes: tuple[str, ...], shown: int = 5) -> None:
+    """What the run said of readable inputs (a colour image reduced by the mean): the first few, then a count."""
+    for note in notes[:shown]:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    if len(notes) > shown:
+        console.print(f"[yellow]note:[/yellow] and {len(notes) - shown} more such notes", highlight=False)
 
 
 def _print_skipped(skipped: tuple[str, ...], folder: Path, shown: int = 5) -> None:
@@ -256,6 +266,8 @@ def predict(
     scheduler: Annotated[str | None, typer.Option(help="Address of a running scheduler tcp://HOST:PORT")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace probability files (a store's probabilities)")] = False,
     keep_store: Annotated[Path | None, typer.Option(help="Keep the intermediate screen store here")] = None,
+    rgb: Annotated[str, typer.Option(
+        help="How RGB images become one channel: mean (grey images), red, green, blue, max, luminance")] = "mean",
 ) -> None:
     """Class probabilities: a folder in -> one float32 <stem>_prob.tif (classes, y, x) per image; a store -> in it."""
     from cellflow.graph.predict import PredictParams
@@ -274,12 +286,13 @@ def predict(
         raise typer.BadParameter(str(error)) from None
     cluster = ClusterSpec(kind="threads") if workers == 0 else ClusterSpec(n_workers=workers)
     result = run_predict(source, out, params, cluster=cluster, scheduler=scheduler, overwrite=overwrite,
-                         keep_store=keep_store, console=console)
+                         keep_store=keep_store, console=console, rgb=rgb)
     if not (source / "zarr.json").is_file():
         console.print(f"wrote {len(result.probability_files)} probability files to {out}")
     else:
         console.print(f"probabilities written into {result.store}")
     _print_skipped(result.skipped, source)
+    _print_notes(result.notes)
     for path, reason in result.failed:
         console.print(f"[red]not predicted:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
     if result.failed:

@@ -41,12 +41,15 @@ class PredictResult:
         Input files that could not be read, or whose field failed (a blank or NaN image), with the reason.
     skipped : tuple of str
         Files of a folder input that are not images it reads, or are in its sub-folders.
+    notes : tuple of str
+        Things said of readable inputs (a colour image reduced by the mean of R, G and B).
     """
 
     store: Path
     probability_files: tuple[Path, ...]
     failed: tuple[tuple[str, str], ...]
     skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def predict(
@@ -60,6 +63,7 @@ def predict(
     keep_store: str | Path | None = None,
     console: Console | None = None,
     progress: bool = True,
+    rgb: str = "mean",
 ) -> PredictResult:
     """Predict class probabilities of a folder of images (TIFFs to ``output``) or of a store (into it).
 
@@ -83,6 +87,8 @@ def predict(
     console : rich.console.Console, optional
     progress : bool
         Show progress bars.
+    rgb : str
+        How a folder's RGB(A) images become one channel, as for :func:`~cellflow.pipeline.segment.segment`.
 
     Returns
     -------
@@ -106,6 +112,7 @@ def predict(
     result = run_on_images(
         source, output, {"predict": params.to_dict()}, export=PROBABILITY_TIFFS, cluster=cluster,
         scheduler=scheduler, overwrite=overwrite, keep_store=keep_store, console=console, progress=progress,
+        rgb=rgb,
     )
     return PredictResult(store=result.store, probability_files=result.label_files, failed=result.failed,
-                         skipped=result.skipped)
+                         skipped=result.skipped, notes=result.notes)

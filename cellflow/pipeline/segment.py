@@ -35,6 +35,7 @@ from cellflow.pipeline.resume import field_id
 from cellflow.pipeline.runner import build_graphs, cluster_client, execute_graphs, record_chunks
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen._ingest_nuclei import _IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from cellflow.screen._ingest_pattern import RGB_METHODS
 from cellflow.screen.store import FieldKey, Screen
 
 __all__ = ["LABEL_TIFFS", "SegmentResult", "TiffExport", "run_on_images", "segment"]
@@ -51,6 +52,7 @@ class SegmentResult:
     failed: tuple[tuple[str, str], ...]
     objects: dict[str, int]
     skipped: tuple[str, ...] = ()  # files of a folder input that are not images it reads (or in sub-folders)
+    notes: tuple[str, ...] = ()  # things said of readable inputs (a colour image reduced by the mean of R, G, B)
 
 
 def _is_store(path: Path) -> bool:
@@ -127,6 +129,7 @@ def segment(
     keep_store: str | Path | None = None,
     console: Console | None = None,
     progress: bool = True,
+    rgb: str = "mean",
 ) -> SegmentResult:
     """Segment a folder of images (labels to ``output``) or a store (labels into it).
 
@@ -151,6 +154,10 @@ def segment(
         Replace existing label files, or for a store the variables the run writes.
     keep_store : str or Path, optional
         Keep the intermediate store of a folder run here (default: a temporary one).
+    rgb : str
+        How a folder's RGB(A) images become one channel (``'mean'``, ``'red'``, ``'green'``,
+        ``'blue'``, ``'max'``, ``'luminance'``); colour images reduced by the default mean
+        are named in ``SegmentResult.notes``.
 
     Returns
     -------
@@ -171,7 +178,7 @@ def segment(
         else {"predict": {"model": str(model), "tile": tile}, "labels": {}}
     )
     return run_on_images(source, output, stages, export=LABEL_TIFFS, cluster=cluster, scheduler=scheduler,
-                         overwrite=overwrite, keep_store=keep_store, console=console, progress=progress)
+                         overwrite=overwrite, keep_store=keep_store, console=console, progress=progress, rgb=rgb)
 
 
 def run_on_images(
@@ -186,6 +193,7 @@ def run_on_images(
     keep_store: str | Path | None = None,
     console: Console | None = None,
     progress: bool = True,
+    rgb: str = "mean",
 ) -> SegmentResult:
     """Run pipeline ``stages`` on a store (in place) or a folder of images (one TIFF each out).
 
@@ -207,6 +215,8 @@ def run_on_images(
         if source.is_file():
             raise IngestError(f"{source} is a file; give the folder of images it is in (or a screen store)")
         folder_images(source)  # a wrong folder is named now, not after a cluster has started
+        if rgb not in RGB_METHODS:
+            raise IngestError(f"rgb must be one of {', '.join(RGB_METHODS)}; got {rgb!r}")
     out_dir = None if as_store or output is None else Path(output)
     if not as_store:
         if out_dir is None:
@@ -219,11 +229,13 @@ def run_on_images(
             console.print(f"dask dashboard: {client.dashboard_link}")
         failed: tuple[tuple[str, str], ...] = ()
         skipped: tuple[str, ...] = ()
+        notes: tuple[str, ...] = ()
         if as_store:
             store = source
         else:
-            report = ingest_images(source, store, overwrite=keep_store is not None and overwrite, scheduler=client)
-            failed, skipped = report.failed, report.skipped
+            report = ingest_images(source, store, rgb=rgb, overwrite=keep_store is not None and overwrite,
+                                   scheduler=client)
+            failed, skipped, notes = report.failed, report.skipped, report.notes
         screen = Screen.open(store)
         spec = PipelineSpec(
             name="segment", input=InputSpec(store=store), stages=stages, cluster=cluster,
@@ -254,7 +266,8 @@ def run_on_images(
         failed += _quarantined(screen, errors, None if as_store else source)
         files, counts = ((), {}) if out_dir is None else _export_tiffs(screen, out_dir, client, export,
                                                                        skip=set(errors))
-    return SegmentResult(store=Path(store), label_files=files, failed=failed, objects=counts, skipped=skipped)
+    return SegmentResult(store=Path(store), label_files=files, failed=failed, objects=counts, skipped=skipped,
+                         notes=notes)
 
 
 def _first_errors(results: list[TaskResult]) -> dict[FieldKey, str]:

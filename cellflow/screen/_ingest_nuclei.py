@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from cellflow.errors import IngestError
-from cellflow.screen._ingest_pattern import natural_key
+from cellflow.screen._ingest_pattern import RGB_METHODS, natural_key
 from cellflow.screen._ingest_read import BadFile, PlaneSpec, read_checked, read_header
 from cellflow.screen._ingest_report import IngestReport
 from cellflow.screen._ingest_table import visible_files
@@ -149,13 +149,19 @@ def _write_field_variable(screen: Screen, name: str, values: np.ndarray, dtype: 
 
 def _ingest_pair(
     screen: Screen, field: FieldKey, pair: _Pair, shape_yx: tuple[int, int], store_yx: tuple[int, int],
-    dtype: str = "uint16", planes: _Planes | None = None,
+    dtype: str = "uint16", planes: _Planes | None = None, rgb: str | None = None,
 ) -> FieldResult:
-    """Read an image (``shape_yx``, ``planes`` z planes) and its mask, then write both zero-padded to ``store_yx``."""
+    """Read an image (``shape_yx``, ``planes`` z planes) and its mask, then write both zero-padded to ``store_yx``.
+
+    ``rgb``: the reduction a user chose for a folder of images; a colour image reduced by its
+    default ``'mean'`` is noted (its channels may be different stains). None: a dataset's
+    pairs, reduced by the mean without a note (its colour images are histology).
+    """
     n_planes, reference = (1, pair.image) if planes is None else planes
-    image_spec = PlaneSpec(n_planes, shape_yx, np.dtype(dtype), "mean", reference)
+    image_spec = PlaneSpec(n_planes, shape_yx, np.dtype(dtype), rgb or "mean", reference)
+    colour: list[str] = []
     try:
-        image = read_checked(pair.image, image_spec)
+        image = read_checked(pair.image, image_spec, notes=colour if rgb == "mean" else None)
         truth = None
         if pair.mask is not None:
             mask_spec = PlaneSpec(1, shape_yx, np.dtype("uint32"), None, pair.image, "truth_nuclei")
@@ -170,7 +176,9 @@ def _ingest_pair(
         padded_truth = np.zeros(store_yx, dtype=np.uint32)
         padded_truth[: truth.shape[0], : truth.shape[1]] = truth
         records += screen.write("truth_nuclei", padded_truth, **where)
-    return FieldResult(field, records=tuple(records))
+    notes = tuple(f"{pair.image}: {note}; to use one colour channel instead (e.g. blue for DAPI or Hoechst), "
+                  "give --rgb blue (rgb='blue' in Python)" for note in colour)
+    return FieldResult(field, records=tuple(records), notes=notes)
 
 
 def ingest_nuclei_pairs(
@@ -275,7 +283,7 @@ def folder_images(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
 
 
 def ingest_images(
-    folder: str | Path, store_path: str | Path, *, overwrite: bool = False, scheduler: Any = None
+    folder: str | Path, store_path: str | Path, *, rgb: str = "mean", overwrite: bool = False, scheduler: Any = None
 ) -> IngestReport:
     """Ingest a flat folder of images of any sizes, one field per file (no truth).
 
@@ -289,21 +297,28 @@ def ingest_images(
     another depth, or whose pages are channels or time points (ImageJ/OME axes), is
     reported in ``failed`` with the reason, and the rest are ingested.
 
+    RGB(A) files are reduced to one channel by ``rgb`` (:func:`~cellflow.screen.ingest.reduce_rgb`: ``'mean'``,
+    exact for grey images stored as RGB; or ``'red'``, ``'green'``, ``'blue'``, ``'max'``,
+    ``'luminance'``). With the default, each file whose R, G and B differ (a colour
+    composite of several stains) is named in the report's ``notes``.
+
     Raises
     ------
     IngestError
         ``folder`` is not a folder, or has no image in it.
     """
+    if rgb not in RGB_METHODS:
+        raise IngestError(f"rgb must be one of {RGB_METHODS!r}, got {rgb!r}")
     folder = Path(folder)
     images, skipped = folder_images(folder)
     pairs = [_Pair(folder.name, stem, str(path), None, "") for stem, path in images.items()]
     return _ingest_pairs(folder, pairs, skipped, store_path, with_modality=False, with_truth=False,
-                         overwrite=overwrite, scheduler=scheduler)
+                         overwrite=overwrite, scheduler=scheduler, rgb=rgb)
 
 
 def _ingest_pairs(
     root: Path, pairs: list[_Pair], skipped: list[str], store_path: str | Path, *, with_modality: bool,
-    with_truth: bool = True, overwrite: bool, scheduler: Any,
+    with_truth: bool = True, overwrite: bool, scheduler: Any, rgb: str | None = None,
 ) -> IngestReport:
     by_plate = {s: [p for p in pairs if p.source == s] for s in dict.fromkeys(p.source for p in pairs)}
     wells = well_names(max(len(v) for v in by_plate.values()))
@@ -342,7 +357,7 @@ def _ingest_pairs(
                 results.append(FieldResult(field, failed=((header.path, header.reason),)))
             else:
                 tasks.append(dask.delayed(_ingest_pair, pure=True)(
-                    screen, field, pair, header.shape_yx, layout.shape_yx, dtype, planes))
+                    screen, field, pair, header.shape_yx, layout.shape_yx, dtype, planes, rgb))
     results += run_fields(tasks, scheduler)
     notes = [f"{p.image} has no mask in masks/; ingested without truth" for p in pairs
              if with_truth and p.mask is None]

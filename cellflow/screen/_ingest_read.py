@@ -26,7 +26,8 @@ from cellflow.errors import IngestError, RegionError
 from cellflow.screen._ingest_pattern import RGB_METHODS
 from cellflow.screen.store import cast_lossless
 
-__all__ = ["BadFile", "ImageHeader", "PlaneSpec", "read_checked", "read_header", "reduce_rgb", "store_dtype"]
+__all__ = ["BadFile", "ImageHeader", "PlaneSpec", "is_colour", "read_checked", "read_header", "reduce_rgb",
+           "store_dtype"]
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 # Pillow mode -> (NumPy dtype, samples per pixel) of np.asarray(image).
@@ -264,8 +265,8 @@ def read_header(path: str | Path) -> ImageHeader:
 
 
 # ---------------------------------------------------------------------------- pixels
-def _decode(path: Path, rgb: str | None) -> np.ndarray:
-    """``(planes, y, x)`` pixels of a file, RGB(A) reduced with ``rgb``."""
+def _decode(path: Path, rgb: str | None, notes: list[str] | None = None) -> np.ndarray:
+    """``(planes, y, x)`` pixels of a file, RGB(A) reduced with ``rgb``; a colour file noted in ``notes``."""
     header, reader = _open(path)
     try:
         problem = header.z_problem()
@@ -282,11 +283,30 @@ def _decode(path: Path, rgb: str | None) -> np.ndarray:
         reader.close()
     if header.samples == 2:
         return np.ascontiguousarray(data[..., 0])
-    return reduce_rgb(data, str(rgb)) if header.samples >= 3 else data
+    if header.samples < 3:
+        return data
+    if notes is not None and is_colour(data):
+        notes.append(f"colour image (R, G, B differ), reduced to one channel by {rgb!r}")
+    return reduce_rgb(data, str(rgb))
 
 
-def read_checked(path: str | Path, spec: PlaneSpec) -> np.ndarray:
+def is_colour(pixels: np.ndarray) -> bool:
+    """Whether RGB(A) ``pixels`` (samples last) differ between R, G and B (a grey image stored as RGB does not).
+
+    Examples
+    --------
+    >>> grey = np.full((2, 2, 3), 7, np.uint8)
+    >>> is_colour(grey), is_colour(grey + np.array([0, 0, 1], np.uint8))
+    (False, True)
+    """
+    return not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]))
+
+
+def read_checked(path: str | Path, spec: PlaneSpec, *, notes: list[str] | None = None) -> np.ndarray:
     """Read a file's ``(planes, y, x)`` pixels and check them against ``spec``.
+
+    ``notes``, when given, gets a line (without the path) if the file is a colour image,
+    so that a reduction chosen by default is never silent.
 
     Parameters
     ----------
@@ -306,7 +326,7 @@ def read_checked(path: str | Path, spec: PlaneSpec) -> np.ndarray:
         the store dtype, or only NaN.
     """
     path = Path(path)
-    data = _decode(path, spec.rgb)
+    data = _decode(path, spec.rgb, notes)
     if data.shape[-2:] != spec.shape_yx:
         size = "x".join(map(str, data.shape[-2:]))
         expected = "x".join(map(str, spec.shape_yx))

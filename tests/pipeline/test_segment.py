@@ -126,6 +126,37 @@ def test_a_folder_of_z_stacks_is_segmented_on_the_z_mean(folder, tmp_path):
         np.float32))) for stem, labels in expected.items())
 
 
+def test_a_colour_composite_is_noted_or_reduced_to_the_chosen_channel(folder, tmp_path, capsys):
+    """A DAPI-blue + GFP-green composite: the default mean mixes the stains, so each such file is named; --rgb blue
+    segments the nuclear channel alone. Grey images stored as RGB (the real ones here) get no note."""
+    from scipy import ndimage as ndi
+
+    from cellflow.cli import main
+
+    source = sorted(folder.iterdir())[0]
+    grey = iio.imread(source)[..., 0]
+    green = np.clip(ndi.grey_dilation(grey, size=(15, 15)) * 0.6, 0, 255)  # a cytoplasm-like stain around them
+    composite = np.stack([np.zeros_like(grey), green.astype(np.uint8), grey], axis=-1)
+    iio.imwrite(folder / "composite.png", composite)
+    out = tmp_path / "mean"
+    result = segment(folder, out, params=AutolabelParams(nuclear_channel="image", illumination=False),
+                     cluster=ClusterSpec(kind="threads"), progress=False)
+    assert len(result.notes) == 1 and result.notes[0].startswith(f"{folder / 'composite.png'}: colour image")
+    mean = np.rint(composite.astype(np.float64).mean(axis=-1)).astype(np.float32)
+    np.testing.assert_array_equal(tifffile.imread(out / "composite.tif"), segment_nuclei(mean))
+    blue = tmp_path / "blue"
+    assert main(["segment", str(folder), str(blue), "--classical", "--rgb", "blue", "--workers", "0"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    expected = segment_nuclei(grey.astype(np.float32))
+    np.testing.assert_array_equal(tifffile.imread(blue / "composite.tif"), expected)
+    assert not np.array_equal(expected, segment_nuclei(mean))  # the choice matters on this image
+    # the CLI names the colour file under the default
+    assert main(["segment", str(folder), str(tmp_path / "cli"), "--classical", "--workers", "0"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "note: " in printed and "composite.png: colour image (R, G, B differ)" in printed
+    assert main(["segment", str(folder), str(tmp_path / "bad"), "--classical", "--rgb", "purple"]) == 2
+
+
 def test_a_bad_image_is_named_and_the_rest_are_segmented(folder, tmp_path):
     bad = folder / "broken.tif"
     tifffile.imwrite(bad, np.ones((64, 64), np.uint16))
