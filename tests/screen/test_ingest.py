@@ -285,6 +285,18 @@ def test_truncated_and_wrong_files_are_reported(tmp_path):
     assert str(truncated) in report.summary()
 
 
+def test_a_file_of_channels_is_not_read_as_a_z_stack(tmp_path):
+    """Pages are z planes on the pattern path too: an ImageJ channel stack in a z-stack plate is refused, not averaged."""
+    folder = tmp_path / "plate"
+    expected = write_screen_folder(folder, "zstack", seed=5)
+    channels = folder / "P2_B03_s1_t0_w2.tif"
+    _tiff(channels, expected["P2", "B03", 1, 0.0, "Cyto"], imagej=True, metadata={"axes": "CYX"})
+    report = ingest(folder, tmp_path / "s.zarr", pattern=pattern_for("zstack"), tile_yx=TILE)
+    assert [path for path, _ in report.failed] == [str(channels)]
+    assert dict(report.failed)[str(channels)].startswith("holds 3 planes along axis 'C' (channels)")
+    assert_store_holds(tmp_path / "s.zarr", expected, bad={("P2", "B03", 1, 0.0)})
+
+
 def test_png_folder_mixed_dtypes_and_missing_planes(tmp_path):
     rng = np.random.default_rng(8)
     folder = tmp_path / "pngs"
