@@ -12,13 +12,13 @@ predicted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from cellflow.graph.predict import PredictParams
-from cellflow.pipeline.segment import TiffExport, run_on_images
+from cellflow.pipeline.segment import TiffExport, folder_model_inputs, run_on_images
 from cellflow.pipeline.spec import ClusterSpec
 
 __all__ = ["PROBABILITY_TIFFS", "PredictResult", "predict"]
@@ -75,7 +75,8 @@ def predict(
         For a folder: the folder for the probability TIFFs (created). For a store: None.
     params : PredictParams
         The checkpoint and the tiling (tile, halo, batch size, device ...). A folder's images
-        are ingested as channel ``'image'``: the checkpoint must take that one channel.
+        are stored as the checkpoint's one input channel (:func:`~cellflow.pipeline.segment.folder_model_inputs`;
+        a network trained on z-stacks reads each multi-page TIFF's planes, ``z='all'``).
     cluster : ClusterSpec, optional
         Where to run (default: a local 2-worker cluster bound to 127.0.0.1).
     scheduler : str, optional
@@ -109,10 +110,13 @@ def predict(
     if output is not None and (source / "zarr.json").is_file():
         raise ValueError(f"output is for a folder of images; {source} is a store and gets `probabilities` "
                          "written into it: leave output out")
+    inputs = None if (source / "zarr.json").is_file() else folder_model_inputs(params.model)
+    if inputs is not None and inputs.planes > 1:
+        params = replace(params, z="all")  # the network's inputs are a folder image's z planes
     result = run_on_images(
         source, output, {"predict": params.to_dict()}, export=PROBABILITY_TIFFS, cluster=cluster,
         scheduler=scheduler, overwrite=overwrite, keep_store=keep_store, console=console, progress=progress,
-        rgb=rgb,
+        rgb=rgb, inputs=inputs,
     )
     return PredictResult(store=result.store, probability_files=result.label_files, failed=result.failed,
                          skipped=result.skipped, notes=result.notes)

@@ -35,10 +35,12 @@ from cellflow.pipeline.resume import field_id
 from cellflow.pipeline.runner import build_graphs, cluster_client, execute_graphs, record_chunks
 from cellflow.pipeline.spec import ClusterSpec, InputSpec, PipelineSpec
 from cellflow.screen._ingest_nuclei import _IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from cellflow.screen._ingest_nuclei import CHANNEL
 from cellflow.screen._ingest_pattern import RGB_METHODS
 from cellflow.screen.store import FieldKey, Screen
 
-__all__ = ["LABEL_TIFFS", "SegmentResult", "TiffExport", "run_on_images", "segment"]
+__all__ = ["LABEL_TIFFS", "FolderInputs", "SegmentResult", "TiffExport", "folder_model_inputs", "run_on_images",
+           "segment"]
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -143,7 +145,9 @@ def segment(
         Classical segmentation settings (``nuclear_channel`` is ``'image'`` for folders).
     model : str or Path, optional
         A checkpoint: segment with the network instead (tiled prediction, then markers +
-        watershed on its probabilities). Give exactly one of ``params`` and ``model``.
+        watershed on its probabilities). Give exactly one of ``params`` and ``model``. A
+        folder's images are stored as the network's one input channel, and read as z-stacks
+        when it was trained on them (:func:`folder_model_inputs`).
     tile : int
         Tile edge for the network (pixels).
     cluster : ClusterSpec, optional
@@ -173,12 +177,50 @@ def segment(
     """
     if (params is None) == (model is None):
         raise ValueError("segment: give exactly one of params (classical) and model (a checkpoint)")
-    stages = (
-        {"autolabel": params.to_dict()} if model is None
-        else {"predict": {"model": str(model), "tile": tile}, "labels": {}}
-    )
-    return run_on_images(source, output, stages, export=LABEL_TIFFS, cluster=cluster, scheduler=scheduler,
-                         overwrite=overwrite, keep_store=keep_store, console=console, progress=progress, rgb=rgb)
+    if model is None:
+        return run_on_images(source, output, {"autolabel": params.to_dict()}, export=LABEL_TIFFS, cluster=cluster,
+                             scheduler=scheduler, overwrite=overwrite, keep_store=keep_store, console=console,
+                             progress=progress, rgb=rgb)
+    predict: dict[str, Any] = {"model": str(model), "tile": tile}
+    inputs = None if _is_store(Path(source)) else folder_model_inputs(model)
+    if inputs is not None and inputs.planes > 1:
+        predict["z"] = "all"
+    return run_on_images(source, output, {"predict": predict, "labels": {}}, export=LABEL_TIFFS, cluster=cluster,
+                         scheduler=scheduler, overwrite=overwrite, keep_store=keep_store, console=console,
+                         progress=progress, rgb=rgb, inputs=inputs)
+
+
+@dataclass(frozen=True)
+class FolderInputs:
+    """How a folder's images must be stored for a network to read them: its one channel, and its z planes."""
+
+    channel: str
+    planes: int  # > 1: the network takes z-stacks of this many planes as its channels (z='all')
+
+
+def folder_model_inputs(model: str | Path) -> FolderInputs:
+    """The store channel (and z depth) a folder's images get so that ``model`` reads them.
+
+    A folder has one channel per image, so the network must take one store channel: ``'image'``
+    for a model trained on a folder, ``'BF'`` for one trained on a plate's bright field, with
+    ``planes`` > 1 when it was trained on z-stacks (inputs ``'BF@z0'``, ``'BF@z1'``, ...).
+
+    Raises
+    ------
+    IngestError
+        The model takes several store channels.
+    FileNotFoundError, CheckpointError
+        As :func:`~cellflow.nn.checkpoint.load_checkpoint`.
+    """
+    from cellflow.nn.checkpoint import load_checkpoint, store_channel
+
+    names = load_checkpoint(model).channels
+    channels = list(dict.fromkeys(store_channel(name) for name in names))
+    if len(channels) != 1:
+        raise IngestError(f"model {model} takes channels {list(names)!r}; a folder holds one channel per image: "
+                          "ingest the images into a store (cellflow ingest --pattern) and give that store")
+    stacked = sum(name != channels[0] for name in names)
+    return FolderInputs(channels[0], stacked if stacked else 1)
 
 
 def run_on_images(
@@ -194,6 +236,7 @@ def run_on_images(
     console: Console | None = None,
     progress: bool = True,
     rgb: str = "mean",
+    inputs: FolderInputs | None = None,
 ) -> SegmentResult:
     """Run pipeline ``stages`` on a store (in place) or a folder of images (one TIFF each out).
 
@@ -202,7 +245,9 @@ def run_on_images(
     into a store (unreadable files are reported, the rest go on), run the stages, and write
     ``export.variable`` of each field, cropped to its image's size, to ``export.path``.
     Other parameters as for :func:`segment`; ``SegmentResult.objects`` holds the object count
-    per label file, or the number of classes per probability file.
+    per label file, or the number of classes per probability file. ``inputs``: the channel name
+    and z depth a network needs of a folder's images (:func:`folder_model_inputs`); default
+    channel ``'image'``, any depth.
     """
     from cellflow.screen.ingest import folder_images, ingest_images
     from cellflow.screen.store import Screen
@@ -233,9 +278,13 @@ def run_on_images(
         if as_store:
             store = source
         else:
-            report = ingest_images(source, store, rgb=rgb, overwrite=keep_store is not None and overwrite,
-                                   scheduler=client)
+            report = ingest_images(source, store, rgb=rgb, channel=CHANNEL if inputs is None else inputs.channel,
+                                   overwrite=keep_store is not None and overwrite, scheduler=client)
             failed, skipped, notes = report.failed, report.skipped, report.notes
+            depth = len(Screen.open(store).layout.z_um)
+            if inputs is not None and inputs.planes > 1 and depth != inputs.planes:
+                raise IngestError(f"the network takes z-stacks of {inputs.planes} planes (one multi-page TIFF per "
+                                  f"image), but the images in {source} have {depth} plane(s) each")
         screen = Screen.open(store)
         spec = PipelineSpec(
             name="segment", input=InputSpec(store=store), stages=stages, cluster=cluster,

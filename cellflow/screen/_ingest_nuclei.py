@@ -283,7 +283,8 @@ def folder_images(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
 
 
 def ingest_images(
-    folder: str | Path, store_path: str | Path, *, rgb: str = "mean", overwrite: bool = False, scheduler: Any = None
+    folder: str | Path, store_path: str | Path, *, rgb: str = "mean", channel: str = CHANNEL,
+    overwrite: bool = False, scheduler: Any = None,
 ) -> IngestReport:
     """Ingest a flat folder of images of any sizes, one field per file (no truth).
 
@@ -302,6 +303,9 @@ def ingest_images(
     ``'luminance'``). With the default, each file whose R, G and B differ (a colour
     composite of several stains) is named in the report's ``notes``.
 
+    ``channel`` names the store's one channel (``'image'``; a network's input channel, such
+    as ``'BF'``, so that a model trained on a plate's store reads the folder's images).
+
     Raises
     ------
     IngestError
@@ -313,12 +317,12 @@ def ingest_images(
     images, skipped = folder_images(folder)
     pairs = [_Pair(folder.name, stem, str(path), None, "") for stem, path in images.items()]
     return _ingest_pairs(folder, pairs, skipped, store_path, with_modality=False, with_truth=False,
-                         overwrite=overwrite, scheduler=scheduler, rgb=rgb)
+                         overwrite=overwrite, scheduler=scheduler, rgb=rgb, channel=channel)
 
 
 def _ingest_pairs(
     root: Path, pairs: list[_Pair], skipped: list[str], store_path: str | Path, *, with_modality: bool,
-    with_truth: bool = True, overwrite: bool, scheduler: Any, rgb: str | None = None,
+    with_truth: bool = True, overwrite: bool, scheduler: Any, rgb: str | None = None, channel: str = CHANNEL,
 ) -> IngestReport:
     by_plate = {s: [p for p in pairs if p.source == s] for s in dict.fromkeys(p.source for p in pairs)}
     wells = well_names(max(len(v) for v in by_plate.values()))
@@ -338,7 +342,7 @@ def _ingest_pairs(
     # which holds every 8- and 16-bit value exactly (a float image is never refused or rounded).
     dtype = "float32" if any(np.dtype(h.dtype).kind == "f" for h in readable) else "uint16"
     layout = ScreenLayout(
-        plates=tuple(by_plate), wells=wells, sites=(0,), channels=(CHANNEL,),
+        plates=tuple(by_plate), wells=wells, sites=(0,), channels=(channel,),
         shape_yx=(max(s[0] for s in sizes), max(s[1] for s in sizes)), dtype=dtype,
         tile_yx=(MAX_TILE, MAX_TILE), attrs={"ingest_folder": str(root)},
         z_um=tuple(float(z) for z in range(planes.n)),

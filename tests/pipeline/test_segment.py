@@ -274,6 +274,58 @@ def test_folder_with_a_model_equals_eager_inference(folder, tmp_path):
         np.testing.assert_array_equal(labels, probabilities_to_labels(stored))
 
 
+def test_a_network_trained_on_bright_field_z_stacks_segments_a_folder_of_them(folder, tmp_path):
+    """Sadanandan's use: a network trained on a plate's 3-plane bright-field stacks (inputs BF@z0..2) segments a
+    folder of 3-page TIFFs; each file's planes are its inputs, equal to whole-image inference on that stack."""
+    import torch
+
+    from cellflow.errors import IngestError
+    from cellflow.graph.predict import PredictParams
+    from cellflow.nn.checkpoint import save_checkpoint
+    from cellflow.nn.models import build_model
+    from cellflow.nn.normalize import Normalization, normalize
+    from cellflow.nn.predict import whole_image_probabilities
+    from cellflow.ops import probabilities_to_labels
+    from cellflow.pipeline.predict import predict
+
+    torch.manual_seed(4)
+    model = build_model("resunet", in_channels=3, classes=3, width=4).eval()
+    norm = Normalization(method="percentile")
+    save_checkpoint(tmp_path / "bf.pt", model, normalization=norm, channels=["BF@z0", "BF@z1", "BF@z2"],
+                    class_names=["background", "interior", "boundary"])
+    rng = np.random.default_rng(31)
+    stacks = tmp_path / "bf"
+    stacks.mkdir()
+    written = {}
+    for source in sorted(folder.iterdir())[:2]:
+        plane = iio.imread(source)[..., 0].astype(np.float32)
+        stack = np.stack([plane, 255 - plane, rng.normal(100, 10, plane.shape)]).clip(0, 255).astype(np.uint16)
+        tifffile.imwrite(stacks / f"{source.stem}.tif", stack, photometric="minisblack")
+        written[source.stem] = stack
+    out = tmp_path / "labels"
+    result = segment(stacks, out, model=tmp_path / "bf.pt", tile=64, cluster=ClusterSpec(kind="threads"),
+                     progress=False)
+    assert not result.failed and sorted(p.stem for p in result.label_files) == sorted(written)
+    probs = tmp_path / "probs"
+    predicted = predict(stacks, probs, PredictParams(model=str(tmp_path / "bf.pt"), tile=64),
+                        cluster=ClusterSpec(kind="threads"), progress=False)
+    assert not predicted.failed
+    for stem, stack in written.items():
+        expected = whole_image_probabilities(model, normalize(stack.astype(np.float32), norm))
+        stored = tifffile.imread(probs / f"{stem}_prob.tif")
+        np.testing.assert_allclose(stored, expected, atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(tifffile.imread(out / f"{stem}.tif"), probabilities_to_labels(stored))
+    # single planes for a z-stack network, or a network of two stains: named before any result is written
+    with pytest.raises(IngestError, match=r"takes z-stacks of 3 planes .* have 1 plane\(s\) each"):
+        segment(folder, tmp_path / "flat", model=tmp_path / "bf.pt", cluster=ClusterSpec(kind="threads"),
+                progress=False)
+    save_checkpoint(tmp_path / "two.pt", build_model("unet", in_channels=2, classes=3, width=2), normalization=norm,
+                    channels=["DNA", "Cyto"], class_names=["background", "interior", "boundary"])
+    with pytest.raises(IngestError, match=r"takes channels \['DNA', 'Cyto'\]; a folder holds one channel"):
+        segment(stacks, tmp_path / "two", model=tmp_path / "two.pt", progress=False)
+    assert not (tmp_path / "flat").exists() or not any((tmp_path / "flat").iterdir())
+
+
 def test_segment_stage_equals_predict_then_labels(tmp_path):
     """The one-task `segment` stage writes exactly the labels of the `predict` + `labels` stages
     (same kernels, probabilities kept in memory), and no probabilities."""
