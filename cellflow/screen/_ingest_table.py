@@ -165,7 +165,10 @@ def scan(folder: str | Path, pattern: FilenamePattern | str) -> FileTable:
 
 
 def first_header(table: FileTable) -> ImageHeader:
-    """Header of the first file (in table order) whose header can be read.
+    """Header of the first file (in table order) whose header can be read and whose pages can be z planes.
+
+    A file of channels or time points (refused when its pixels are read) never sets the
+    layout, so it cannot make every other file of the plate look wrong.
 
     Raises
     ------
@@ -175,9 +178,14 @@ def first_header(table: FileTable) -> ImageHeader:
     first_failure: BadFile | None = None
     for path in table.files["path"]:
         try:
-            return read_header(path)
+            header = read_header(path)
         except BadFile as bad:
             first_failure = first_failure or bad
+            continue
+        problem = header.z_problem()
+        if problem is None:
+            return header
+        first_failure = first_failure or BadFile(path, problem)
     raise IngestError(f"none of the {len(table)} files in {table.folder} can be read; first: {first_failure}")
 
 

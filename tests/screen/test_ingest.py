@@ -295,6 +295,15 @@ def test_a_file_of_channels_is_not_read_as_a_z_stack(tmp_path):
     assert [path for path, _ in report.failed] == [str(channels)]
     assert dict(report.failed)[str(channels)].startswith("holds 3 planes along axis 'C' (channels)")
     assert_store_holds(tmp_path / "s.zarr", expected, bad={("P2", "B03", 1, 0.0)})
+    # a channel stack as the first file of a plate of single planes sets nothing: only it is refused
+    flat = tmp_path / "flat"
+    expected = write_screen_folder(flat, "uint16", seed=6)
+    first = flat / "P1_A01_s0_t0_w1.tif"
+    _tiff(first, np.stack([expected["P1", "A01", 0, 0.0, "DNA"][0]] * 2), imagej=True, metadata={"axes": "CYX"})
+    report = ingest(flat, tmp_path / "flat.zarr", pattern=pattern_for("uint16"), tile_yx=TILE)
+    assert [path for path, _ in report.failed] == [str(first)]
+    assert Screen.open(tmp_path / "flat.zarr").layout.z_um == (0.0,)
+    assert_store_holds(tmp_path / "flat.zarr", expected, bad={("P1", "A01", 0, 0.0)})
 
 
 def test_png_folder_mixed_dtypes_and_missing_planes(tmp_path):
